@@ -1,0 +1,247 @@
+"""Drive the demo page (GET /) in headless Chromium with Playwright.
+
+Two browser contexts (two "people") connect to the broadcast socket; one sends, both
+logs show the message, and the live connection count on the page follows along.
+Screenshots land in test-output/page_browser/ at the repo root for review.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+OUTPUT_DIR = REPO_ROOT / "test-output" / "page_browser"
+CHROMIUM = Path(os.environ.get("FANOUT_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--no-proxy-server",
+]
+TIMEOUT_MS = 10_000
+
+
+def _unavailable(reason: str) -> None:
+    """Fail loudly in CI (a silently skipped browser test is a lost test); skip locally."""
+    if os.environ.get("CI"):
+        pytest.fail(f"browser test cannot run in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def page_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real uvicorn serving app.main:app on a free loopback port; yields its base URL."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("uvicorn") / "server.log"
+    env = {**os.environ, "FANOUT_STATS_LOG_INTERVAL": "0"}
+    cmd = [
+        sys.executable, "-m", "uvicorn", "app.main:app",
+        "--host", "127.0.0.1", "--port", str(port),
+    ]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"uvicorn exited early (rc={proc.returncode}):\n{log_path.read_text()}",
+                    pytrace=False,
+                )
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not healthy after 20 s:\n{log_path.read_text()}", pytrace=False)
+            time.sleep(0.1)
+        yield base
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not CHROMIUM.exists():
+        _unavailable(f"{CHROMIUM} not found (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        _unavailable(f"playwright is not installed: {exc}")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+class PageProbe:
+    """One open demo page, recording page errors and every request it makes."""
+
+    def __init__(self, browser: object, base: str) -> None:
+        self.context = browser.new_context(viewport={"width": 1000, "height": 900})  # type: ignore[attr-defined]
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(TIMEOUT_MS)
+        self.errors: list[str] = []
+        self.requests: list[str] = []
+        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        self.page.on(
+            "console",
+            lambda msg: self.errors.append(msg.text) if msg.type == "error" else None,
+        )
+        self.page.on("request", lambda req: self.requests.append(req.url))
+        response = self.page.goto(base + "/")
+        assert response is not None and response.status == 200
+
+    def log_entries(self, kind: str, text: str) -> object:
+        return self.page.locator(f'#log li[data-kind="{kind}"]', has_text=text)
+
+    def close(self) -> None:
+        self.context.close()
+
+
+def _connect(probe: PageProbe, endpoint: str = "broadcast") -> None:
+    from playwright.sync_api import expect
+
+    page = probe.page
+    page.select_option("#endpoint", endpoint)
+    expect(page.locator("#connect-btn")).to_have_text("Connect")
+    page.click("#connect-btn")
+    expect(page.locator("#status")).to_have_attribute("data-state", "open")
+    expect(page.locator("#message-input")).to_be_enabled()
+    expect(page.locator("#connect-btn")).to_have_text("Disconnect")
+
+
+def test_two_pages_broadcast_and_live_count(browser: object, page_server: str) -> None:
+    from playwright.sync_api import expect
+
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    a = PageProbe(browser, page_server)
+    b = PageProbe(browser, page_server)
+    try:
+        for probe in (a, b):
+            page = probe.page
+            expect(page).to_have_title(re.compile("Fanout"))
+            # /stats polling works before any socket is open.
+            expect(page.locator("#stats-state")).to_have_attribute("data-state", "live")
+            expect(page.locator("#stat-connections")).to_have_text("0")
+            expect(page.locator("#ws-url")).to_have_text(
+                page_server.replace("http://", "ws://") + "/ws/broadcast"
+            )
+
+        _connect(a)
+        _connect(b)
+
+        # Both pages see the live connection count (polled from /stats) reach 2.
+        for probe in (a, b):
+            expect(probe.page.locator("#stat-connections")).to_have_text("2")
+            expect(probe.page.locator("#stat-broadcast")).to_have_text("2")
+            expect(probe.page.locator("#stat-echo")).to_have_text("0")
+
+        text = f"hello from A {uuid.uuid4().hex[:8]}"
+        a.page.fill("#message-input", text)
+        a.page.press("#message-input", "Enter")  # Enter sends
+        expect(a.page.locator("#message-input")).to_have_value("")
+
+        # A logs its own send plus the broadcast copy; B receives it exactly once.
+        expect(a.log_entries("sent", text)).to_have_count(1)
+        expect(a.log_entries("received", text)).to_have_count(1)
+        expect(b.log_entries("received", text)).to_have_count(1)
+        expect(b.log_entries("sent", text)).to_have_count(0)
+
+        # Timestamps are HH:MM:SS.mmm.
+        ts = b.log_entries("received", text).locator("time").inner_text()
+        assert re.fullmatch(r"\d{2}:\d{2}:\d{2}\.\d{3}", ts), ts
+
+        # Text is rendered as text, never as HTML.
+        tricky = f"<b>not bold</b> & {uuid.uuid4().hex[:6]}"
+        b.page.fill("#message-input", tricky)
+        b.page.click("#send-btn")
+        expect(a.log_entries("received", tricky)).to_have_count(1)
+        assert a.page.locator("#log b").count() == 0
+
+        # The delivered counter moves (2 messages x 2 receivers).
+        expect(a.page.locator("#stat-delivered")).not_to_have_text(re.compile(r"^[–0]$"))
+
+        a.page.screenshot(path=str(OUTPUT_DIR / "page_a_connected.png"), full_page=True)
+        b.page.screenshot(path=str(OUTPUT_DIR / "page_b_connected.png"), full_page=True)
+
+        # B disconnects: its log explains the close code, A's count drops back to 1.
+        b.page.click("#connect-btn")
+        expect(b.page.locator("#status")).to_have_attribute("data-state", "disconnected")
+        expect(b.log_entries("system", "Closed: 1000 normal closure")).to_have_count(1)
+        expect(b.page.locator("#message-input")).to_be_disabled()
+        expect(a.page.locator("#stat-connections")).to_have_text("1")
+        expect(b.page.locator("#stat-connections")).to_have_text("1")
+
+        a.page.screenshot(path=str(OUTPUT_DIR / "page_a_after_b_left.png"), full_page=True)
+        b.page.screenshot(path=str(OUTPUT_DIR / "page_b_disconnected.png"), full_page=True)
+
+        # The page loads nothing from anywhere but its own origin (works offline).
+        for probe in (a, b):
+            foreign = [u for u in probe.requests if not u.startswith((page_server, "data:"))]
+            assert foreign == [], foreign
+            assert probe.errors == [], probe.errors
+    finally:
+        a.close()
+        b.close()
+
+
+def test_echo_roundtrip_and_count_returns_to_zero(browser: object, page_server: str) -> None:
+    from playwright.sync_api import expect
+
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    p = PageProbe(browser, page_server)
+    try:
+        page = p.page
+        page.select_option("#endpoint", "echo")
+        expect(page.locator("#channel")).to_be_disabled()
+        expect(page.locator("#ws-url")).to_have_text(re.compile(r"^ws://127\.0\.0\.1:\d+/ws/echo$"))
+        _connect(p, "echo")
+        expect(page.locator("#stat-echo")).to_have_text("1")
+
+        text = f"echo {uuid.uuid4().hex[:8]}"
+        page.fill("#message-input", text)
+        page.press("#message-input", "Enter")
+        expect(p.log_entries("sent", text)).to_have_count(1)
+        expect(p.log_entries("received", text)).to_have_count(1)
+
+        page.click("#connect-btn")
+        expect(page.locator("#status")).to_have_attribute("data-state", "disconnected")
+        expect(page.locator("#stat-connections")).to_have_text("0")
+        page.screenshot(path=str(OUTPUT_DIR / "page_echo.png"), full_page=True)
+        assert p.errors == [], p.errors
+    finally:
+        p.close()
