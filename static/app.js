@@ -4,17 +4,18 @@
 (function () {
   const CLOSE_CODES = {
     1000: "normal closure",
-    1001: "going away (server shutting down or page leaving)",
+    1001: "going away (the server application is stopping, or the page is leaving)",
     1002: "protocol error",
     1003: "unsupported data",
-    1005: "no status code received",
-    1006: "abnormal closure (connection lost, no close frame)",
-    1007: "invalid payload (e.g. invalid UTF-8 in a text message)",
+    1005: "closed without a status code",
+    1006: "abnormal closure: the connection failed or dropped without a close frame " +
+      "(server unreachable, or it refused the handshake, e.g. at its connection limit)",
+    1007: "invalid payload: a text message was not valid UTF-8",
     1008: "policy violation",
-    1009: "message too big",
-    1011: "server error",
-    1012: "server restarting; reconnect shortly",
-    1013: "try again later (server overloaded)",
+    1009: "message too big: it exceeded the server's size limit",
+    1011: "server error: something went wrong on the server",
+    1012: "server restarting or shutting down; reconnect shortly",
+    1013: "try again later: the server is at its connection limit",
     1015: "TLS handshake failure",
     4008: "slow consumer: this client read too slowly and its outbox overflowed; reconnect",
   };
@@ -22,6 +23,7 @@
   const STATS_INTERVAL_MS = 1000;
   const STATS_TIMEOUT_MS = 3000;
   const MAX_LOG_ENTRIES = 500;
+  const MAX_SHOWN_CHARS = 400;
   const BACKOFF_BASE_MS = 1000;
   const BACKOFF_MAX_MS = 30000;
 
@@ -115,6 +117,11 @@
 
     const body = document.createElement("span");
     body.className = "msg";
+    if (text.length > MAX_SHOWN_CHARS) {
+      const more = text.length - MAX_SHOWN_CHARS;
+      meta = (meta ? meta + " \u00b7 " : "") + "+" + more.toLocaleString("en-US") + " chars not shown";
+      text = text.slice(0, MAX_SHOWN_CHARS) + "\u2026";
+    }
     body.textContent = text; // textContent: never interpret message text as HTML
 
     li.append(time, tag, body);

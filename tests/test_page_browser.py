@@ -36,6 +36,7 @@ CHROMIUM_ARGS = [
     "--no-proxy-server",
 ]
 TIMEOUT_MS = 10_000
+MAX_MESSAGE_BYTES = 4096  # small, so one test can provoke close code 1009 from the page
 
 
 def _unavailable(reason: str) -> None:
@@ -56,7 +57,11 @@ def page_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real uvicorn serving app.main:app on a free loopback port; yields its base URL."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("uvicorn") / "server.log"
-    env = {**os.environ, "FANOUT_STATS_LOG_INTERVAL": "0"}
+    env = {
+        **os.environ,
+        "FANOUT_STATS_LOG_INTERVAL": "0",
+        "FANOUT_MAX_MESSAGE_BYTES": str(MAX_MESSAGE_BYTES),
+    }
     cmd = [
         sys.executable, "-m", "uvicorn", "app.main:app",
         "--host", "127.0.0.1", "--port", str(port),
@@ -242,6 +247,39 @@ def test_echo_roundtrip_and_count_returns_to_zero(browser: object, page_server: 
         expect(page.locator("#status")).to_have_attribute("data-state", "disconnected")
         expect(page.locator("#stat-connections")).to_have_text("0")
         page.screenshot(path=str(OUTPUT_DIR / "page_echo.png"), full_page=True)
+        assert p.errors == [], p.errors
+    finally:
+        p.close()
+
+
+def test_close_code_explained_and_auto_reconnect_visible(browser: object, page_server: str) -> None:
+    from playwright.sync_api import expect
+
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    p = PageProbe(browser, page_server)
+    try:
+        page = p.page
+        page.check("#auto-reconnect")
+        _connect(p, "echo")
+
+        # One message over FANOUT_MAX_MESSAGE_BYTES: the server closes with 1009 and the
+        # log says what that means.
+        page.fill("#message-input", "x" * (MAX_MESSAGE_BYTES + 1))
+        page.press("#message-input", "Enter")
+        expect(p.log_entries("error", "Closed: 1009 message too big")).to_have_count(1)
+
+        # Auto-reconnect is visible in the log and brings the socket back.
+        expect(p.log_entries("system", "Reconnecting in")).to_have_count(1)
+        expect(p.log_entries("system", "Connected to echo")).to_have_count(2)
+        expect(page.locator("#status")).to_have_attribute("data-state", "open")
+        page.screenshot(path=str(OUTPUT_DIR / "page_close_code.png"), full_page=True)
+
+        # A user disconnect never triggers a reconnect.
+        page.click("#connect-btn")
+        expect(page.locator("#status")).to_have_attribute("data-state", "disconnected")
+        page.wait_for_timeout(1500)
+        expect(page.locator("#status")).to_have_attribute("data-state", "disconnected")
+        expect(p.log_entries("system", "Reconnecting in")).to_have_count(1)
         assert p.errors == [], p.errors
     finally:
         p.close()
