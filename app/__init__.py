@@ -1,0 +1,1 @@
+"""Fanout: a real-time WebSocket broadcast server on Starlette and uvicorn."""

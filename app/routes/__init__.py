@@ -1,0 +1,1 @@
+"""Thin protocol adapters: each module translates one surface and calls the services."""

@@ -1,0 +1,22 @@
+"""WS /ws/echo: every message comes back to its sender unchanged."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from app.routes.session import run_session
+from app.services.connection import Connection
+from app.services.message import Message
+
+
+def _echo(conn: Connection, message: Message) -> None:
+    conn.offer(message)
+
+
+async def echo(websocket: WebSocket) -> None:
+    """Echo text as text and binary as binary, through the client's bounded outbox."""
+    await run_session(websocket, endpoint="echo", channel=None, on_message=_echo)
+
+
+routes: list[BaseRoute] = [WebSocketRoute("/ws/echo", echo)]

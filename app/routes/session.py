@@ -1,0 +1,70 @@
+"""The WebSocket session every socket route shares: admit, accept, receive, close."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from starlette.responses import JSONResponse
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from app.routes.context import broadcast_service, settings_of
+from app.services.close_codes import CloseCode
+from app.services.connection import Connection
+from app.services.message import Message
+from app.services.server_transport import mark_denial_sent, transport_of
+
+OnMessage = Callable[[Connection, Message], None]
+
+
+async def deny(websocket: WebSocket, status: int, reason: str, detail: str) -> None:
+    """Refuse a handshake with an HTTP status, or a close code where the server can't."""
+    client = websocket.client
+    peer = f"{client.host}:{client.port}" if client else "unknown"
+    broadcast_service(websocket).reject(reason, peer, websocket.url.path)
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        headers = {"Retry-After": "1"} if status == 503 else None
+        response = JSONResponse({"error": reason, "detail": detail}, status, headers=headers)
+        await websocket.send_denial_response(response)
+        mark_denial_sent(websocket.scope)
+    else:
+        code = CloseCode.TRY_AGAIN_LATER if status == 503 else 1008
+        await websocket.close(code, detail)
+
+
+async def run_session(
+    websocket: WebSocket, *, endpoint: str, channel: str | None, on_message: OnMessage
+) -> None:
+    """Serve one client until it leaves: every message it sends goes to ``on_message``."""
+    service = broadcast_service(websocket)
+    if not service.has_capacity():
+        await deny(websocket, 503, "capacity", "server at its connection limit; retry later")
+        return
+    limit = settings_of(websocket).max_message_bytes
+    conn = service.connect(
+        websocket, endpoint=endpoint, channel=channel, transport=transport_of(websocket.scope)
+    )
+    code: int = CloseCode.NO_STATUS
+    try:
+        await websocket.accept()
+        conn.start()
+        receive = websocket.receive
+        while True:
+            event: Any = await receive()
+            if event["type"] == "websocket.disconnect":
+                code = event.get("code", CloseCode.NO_STATUS)
+                break
+            text = event.get("text")
+            message = (
+                Message.from_text(text) if text is not None else Message.from_bytes(event["bytes"])
+            )
+            if message.size > limit:
+                code = CloseCode.MESSAGE_TOO_BIG
+                conn.close(code, f"message of {message.size} bytes exceeds {limit}")
+                break
+            service.received()
+            on_message(conn, message)
+    except WebSocketDisconnect as exc:
+        code = exc.code
+    finally:
+        await service.disconnect(conn, code)

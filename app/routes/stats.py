@@ -1,0 +1,29 @@
+"""GET /stats (connection counts and traffic) and GET /healthz (for load balancers)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
+
+from app.routes.context import broadcast_service
+
+
+async def stats(request: Request) -> JSONResponse:
+    """This worker's connections, channels, message counts and backend status."""
+    return JSONResponse(broadcast_service(request).snapshot())
+
+
+async def healthz(request: Request) -> JSONResponse:
+    """200 while the backend is up, 503 when it is down (local delivery still works)."""
+    service = broadcast_service(request)
+    backend = service.backend.status()
+    up = backend.get("status") == "up"
+    body = {"status": "ok" if up else "degraded", "backend": backend}
+    return JSONResponse(body, status_code=200 if up else 503)
+
+
+routes: list[BaseRoute] = [
+    Route("/stats", stats, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+]

@@ -1,0 +1,1 @@
+"""Behaviour: connection registry, fan-out, backends, counters."""

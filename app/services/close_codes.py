@@ -1,0 +1,31 @@
+"""WebSocket close codes Fanout sends, and what each tells a client to do."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class CloseCode(IntEnum):
+    """Close codes used by Fanout (RFC 6455 section 7.4 plus one private code)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    """The application is stopping (lifespan shutdown closed the socket)."""
+    NO_STATUS = 1005
+    """Reported when a client's connection vanished without a close frame."""
+    ABNORMAL = 1006
+    INVALID_UTF8 = 1007
+    """A text frame was not valid UTF-8 (sent by the WebSocket protocol layer)."""
+    MESSAGE_TOO_BIG = 1009
+    """A message exceeded FANOUT_MAX_MESSAGE_BYTES."""
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    """The server is shutting down or restarting (SIGTERM, Ctrl-C); reconnect."""
+    TRY_AGAIN_LATER = 1013
+    """The worker is at FANOUT_MAX_CONNECTIONS and the server cannot answer with HTTP 503."""
+    SLOW_CONSUMER = 4008
+    """The client did not read fast enough: its outbox overflowed. Reconnect."""
+
+
+PROTOCOL_ERRORS = frozenset({CloseCode.INVALID_UTF8, CloseCode.MESSAGE_TOO_BIG})
+"""Codes that mean the client broke the protocol; logged as one warning line."""

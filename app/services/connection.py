@@ -1,0 +1,203 @@
+"""One client's bounded outbox, the writer task that drains it, and the slow-consumer policy."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from app.services.close_codes import CloseCode
+from app.services.counters import Counters
+from app.services.message import Message
+from app.services.server_transport import AbortableTransport
+
+SEND_ERRORS = (WebSocketDisconnect, RuntimeError, OSError)
+"""What sending to a client that has gone can raise through Starlette and uvicorn."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxLimits:
+    """How much may wait for one client before it is closed as a slow consumer."""
+
+    max_messages: int
+    max_bytes: int
+    close_timeout: float
+
+
+class Connection:
+    """A connected client as the fan-out sees it.
+
+    ``offer`` never waits: it appends to a bounded outbox that this connection's own
+    writer task drains into the socket. When the outbox would exceed its bounds the
+    client is a slow consumer: what waits for it is dropped, ``on_overflow`` is told,
+    and the client is closed with :attr:`CloseCode.SLOW_CONSUMER`, so no other client
+    ever waits for it.
+    """
+
+    __slots__ = (
+        "_closer",
+        "_closing",
+        "_counters",
+        "_limits",
+        "_on_overflow",
+        "_queue",
+        "_queued_bytes",
+        "_transport",
+        "_waiter",
+        "_websocket",
+        "_writer",
+        "channel",
+        "close_code",
+        "endpoint",
+        "id",
+        "peer",
+    )
+
+    def __init__(
+        self,
+        *,
+        conn_id: int,
+        endpoint: str,
+        channel: str | None,
+        peer: str,
+        websocket: WebSocket,
+        transport: AbortableTransport | None,
+        limits: OutboxLimits,
+        counters: Counters,
+        on_overflow: Callable[[Connection, int], None],
+    ) -> None:
+        self.id = conn_id
+        self.endpoint = endpoint
+        self.channel = channel
+        self.peer = peer
+        self._websocket = websocket
+        self._transport = transport
+        self._limits = limits
+        self._counters = counters
+        self._on_overflow = on_overflow
+        self._queue: deque[Message] = deque()
+        self._queued_bytes = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+        self._closing = False
+        self.close_code: int | None = None
+        """The code this side closed with, once it has decided to close."""
+
+    @property
+    def closing(self) -> bool:
+        """True once the connection has started to close; offers are then ignored."""
+        return self._closing
+
+    @property
+    def pending(self) -> int:
+        """Messages waiting in the outbox."""
+        return len(self._queue)
+
+    def start(self) -> None:
+        """Start the writer; call once the WebSocket handshake is complete."""
+        if self._writer is None and not self._closing:
+            self._writer = asyncio.create_task(self._write_loop(), name=f"fanout-writer-{self.id}")
+
+    def offer(self, message: Message) -> bool:
+        """Queue ``message`` for this client without waiting; False if it was not queued."""
+        if self._closing:
+            return False
+        queue = self._queue
+        # The first message always fits, however large: the size limit bounds it already.
+        if queue and (
+            len(queue) >= self._limits.max_messages
+            or self._queued_bytes + message.size > self._limits.max_bytes
+        ):
+            self._overflow()
+            return False
+        queue.append(message)
+        self._queued_bytes += message.size
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        return True
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Begin closing with ``code``; returns at once, :meth:`finish` awaits the end."""
+        if self._closing:
+            return
+        self._closing = True
+        self.close_code = code
+        self._discard_queue()
+        if self._writer is not None:
+            self._writer.cancel()
+        self._closer = asyncio.create_task(
+            self._send_close(code, reason), name=f"fanout-closer-{self.id}"
+        )
+
+    async def finish(self) -> None:
+        """Stop the writer, wait for a pending close, and bound the socket's remaining life.
+
+        Called once when the client's session ends, whatever ended it.
+        """
+        self._closing = True
+        self._discard_queue()
+        tasks = [t for t in (self._writer, self._closer) if t is not None]
+        if self._writer is not None:
+            self._writer.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._transport is not None:
+            # The peer has close_timeout to take the close handshake; then the socket goes.
+            asyncio.get_running_loop().call_later(self._limits.close_timeout, self._transport.abort)
+
+    def _overflow(self) -> None:
+        dropped = len(self._queue) + 1
+        self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
+        self._on_overflow(self, dropped)
+
+    def _discard_queue(self) -> None:
+        self._queue.clear()
+        self._queued_bytes = 0
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _write_loop(self) -> None:
+        queue = self._queue
+        send = self._websocket.send
+        counters = self._counters
+        loop = asyncio.get_running_loop()
+        try:
+            while not self._closing:
+                if not queue:
+                    self._waiter = loop.create_future()
+                    await self._waiter
+                    self._waiter = None
+                    continue
+                message = queue.popleft()
+                self._queued_bytes -= message.size
+                if message.text is not None:
+                    await send({"type": "websocket.send", "text": message.text})
+                else:
+                    await send({"type": "websocket.send", "bytes": message.data})
+                counters.delivered += 1
+        except SEND_ERRORS:
+            # The client went away; its receive loop sees the disconnect and cleans up.
+            self._closing = True
+            self._discard_queue()
+
+    async def _send_close(self, code: int, reason: str) -> None:
+        try:
+            async with asyncio.timeout(self._limits.close_timeout):
+                await self._websocket.send(
+                    {"type": "websocket.close", "code": code, "reason": reason}
+                )
+        except TimeoutError:
+            # The write buffer never drained: the client is not reading. Abort the socket,
+            # which also ends its receive loop with a disconnect.
+            if self._transport is not None:
+                self._transport.abort()
+        except SEND_ERRORS:
+            pass
