@@ -1,0 +1,1 @@
+"""Fanout benchmark suite: `python -m bench --help`."""

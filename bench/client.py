@@ -1,0 +1,499 @@
+"""Raw asyncio WebSocket clients, many per process, driven by a coordinator over a pipe.
+
+A worker process owns thousands of connections (``WsConn``), rotates loopback
+source addresses, and obeys small commands (connect, measure, pause, churn, ...)
+sent by ``bench.scenarios``. Every loop here is bounded by a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import time
+from collections import Counter
+from multiprocessing.connection import Connection
+from typing import Any
+
+from bench import protocol as wsp
+
+Cmd = dict[str, Any]
+
+
+def raise_fd_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+class WsConn(asyncio.Protocol):
+    """One client connection: does the upgrade itself, then counts server frames."""
+
+    def __init__(self, worker: Worker, path: str, role: str, prefix: int) -> None:
+        self.worker = worker
+        self.path = path
+        self.role = role
+        self.key = wsp.make_key()
+        self.parser = wsp.FrameParser(prefix=prefix)
+        self.transport: asyncio.Transport | None = None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.upgraded = False
+        self.closed = False
+        self.lost_unexpectedly = False
+        self.closing = False
+        self._hbuf = b""
+        self.mark = 0
+        self.publisher: Publisher | None = None
+
+    # asyncio.Protocol ------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        w = self.worker
+        transport.write(wsp.handshake_request(w.host, w.port, self.path, self.key))
+
+    def data_received(self, data: bytes) -> None:
+        if not self.upgraded:
+            self._hbuf += data
+            try:
+                done, rest = wsp.parse_handshake_response(self._hbuf, self.key)
+            except wsp.HandshakeError as exc:
+                if not self.ready.done():
+                    self.ready.set_exception(exc)
+                self.abort()
+                return
+            if not done:
+                return
+            self.upgraded = True
+            self._hbuf = b""
+            if not self.ready.done():
+                self.ready.set_result(None)
+            if not rest:
+                return
+            data = rest
+        parser = self.parser
+        n = parser.feed(data)
+        if parser.prefixes:
+            prefixes = parser.prefixes
+            parser.prefixes = []
+            if self.publisher is not None:
+                self.publisher.on_messages(prefixes)
+            if self.worker.recording and self.role != "pub":
+                now = time.monotonic_ns()
+                rec = self.worker.latencies
+                unpack = wsp.PAYLOAD_HEADER.unpack_from
+                for p in prefixes:
+                    if len(p) >= wsp.PAYLOAD_MIN:
+                        rec.append(now - unpack(p)[0])
+        elif n and self.publisher is not None:
+            self.publisher.on_messages([])
+        if parser.pings:
+            for body in parser.pings:
+                self.send(wsp.encode_frame(body, wsp.OP_PONG))
+            parser.pings.clear()
+        if parser.closed and not self.closing:
+            self.closing = True
+            self.send(wsp.encode_frame(b"\x03\xe8", wsp.OP_CLOSE))
+            self.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed:
+            self.closed = True
+            if not self.closing:
+                self.lost_unexpectedly = True
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError("closed before upgrade"))
+
+    # helpers ----------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        """Polite close: close frame, then drop the socket (bounded; no waiting)."""
+        self.closing = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(wsp.encode_frame(b"\x03\xe8", wsp.OP_CLOSE))
+            self.transport.close()
+
+
+class Publisher:
+    """Publishes on one connection, either with a bounded window of messages in
+    flight (it is subscribed, so it sees its own messages come back) or at a fixed rate."""
+
+    def __init__(self, conn: WsConn, pub_id: int, spec: Cmd) -> None:
+        self.conn = conn
+        self.pub_id = pub_id
+        self.size = max(int(spec.get("size", 64)), wsp.PAYLOAD_MIN)
+        self.window = int(spec.get("window", 0))
+        self.rate = float(spec.get("rate", 0.0))
+        self.max_messages = int(spec.get("max_messages", 50_000_000))
+        self.sent = 0
+        self.acked = 0
+        self.stop_at = 0.0
+        self.start_at = 0.0
+        self.active = False
+        conn.publisher = self
+
+    def _frames(self, k: int) -> bytes:
+        out = []
+        for _ in range(k):
+            payload = wsp.make_payload(self.size, self.pub_id, self.sent, time.monotonic_ns())
+            out.append(wsp.encode_frame(payload, wsp.OP_BINARY))
+            self.sent += 1
+        return b"".join(out)
+
+    def _send(self, k: int) -> None:
+        k = min(k, self.max_messages - self.sent)
+        if k > 0 and not self.conn.closed:
+            self.conn.send(self._frames(k))
+
+    def start(self, start_at: float, stop_at: float) -> None:
+        self.start_at = start_at
+        self.stop_at = stop_at
+        self.active = True
+        if self.window:
+            self._send(self.window)
+        elif self.rate > 0:
+            asyncio.get_running_loop().call_soon(self._tick)
+
+    def stop(self) -> None:
+        self.active = False
+
+    def on_messages(self, prefixes: list[bytes]) -> None:
+        own = 0
+        unpack = wsp.PAYLOAD_HEADER.unpack_from
+        for p in prefixes:
+            if len(p) >= wsp.PAYLOAD_MIN and unpack(p)[1] == self.pub_id:
+                own += 1
+        self.acked += own
+        if self.active and self.window and own:
+            if time.monotonic() >= self.stop_at:
+                self.active = False
+                return
+            self._send(min(own, self.window - (self.sent - self.acked)))
+
+    def _tick(self) -> None:
+        if not self.active:
+            return
+        now = time.monotonic()
+        if now >= self.stop_at or self.sent >= self.max_messages or self.conn.closed:
+            self.active = False
+            return
+        due = int((now - self.start_at) * self.rate) + 1
+        self._send(min(due - self.sent, 1000))
+        interval = 1.0 / self.rate
+        next_at = self.start_at + (self.sent / self.rate)
+        delay = max(0.0005, min(interval, next_at - time.monotonic()))
+        asyncio.get_running_loop().call_later(delay, self._tick)
+
+
+class Worker:
+    """One client process: a set of connections and a command loop."""
+
+    def __init__(self, pipe: Connection, worker_id: int, host: str, port: int) -> None:
+        self.pipe = pipe
+        self.worker_id = worker_id
+        self.host = host
+        self.port = port
+        self.conns: list[WsConn] = []
+        self.publishers: list[Publisher] = []
+        self.recording = False
+        self.latencies: list[int] = []
+        self.done: asyncio.Future[None] | None = None
+        self._src_i = worker_id
+        self.fd_limit = raise_fd_limit()
+
+    # connection management ---------------------------------------------------
+    async def open_one(
+        self, path: str, role: str, prefix: int, sources: list[str], limit_s: float
+    ) -> WsConn:
+        loop = asyncio.get_running_loop()
+        local: tuple[str, int] | None = None
+        if sources:
+            local = (sources[self._src_i % len(sources)], 0)
+            self._src_i += 1
+        holder: list[WsConn] = []
+
+        def factory() -> WsConn:
+            c = WsConn(self, path, role, prefix)
+            holder.append(c)
+            return c
+
+        async def go() -> WsConn:
+            await loop.create_connection(factory, self.host, self.port, local_addr=local)
+            await holder[0].ready
+            return holder[0]
+
+        try:
+            return await asyncio.wait_for(go(), limit_s)
+        except BaseException:
+            if holder:
+                holder[0].abort()
+            raise
+
+    async def cmd_connect(self, cmd: Cmd) -> Cmd:
+        n = int(cmd["n"])
+        role = str(cmd.get("role", "sub"))
+        path = str(cmd.get("path", "/ws/broadcast"))
+        prefix = int(cmd.get("prefix", 0))
+        sources = list(cmd.get("sources", []))
+        timeout = float(cmd.get("timeout", 10.0))
+        deadline = time.monotonic() + float(cmd.get("deadline", 60.0))
+        sem = asyncio.Semaphore(int(cmd.get("concurrency", 200)))
+        errors: Counter[str] = Counter()
+        ok = 0
+        times: list[float] = []
+        t_start = time.monotonic()
+
+        async def one() -> None:
+            nonlocal ok
+            async with sem:
+                if time.monotonic() > deadline:
+                    errors["deadline"] += 1
+                    return
+                t = time.monotonic()
+                try:
+                    c = await self.open_one(path, role, prefix, sources, timeout)
+                except Exception as exc:
+                    errors[_err_name(exc)] += 1
+                    return
+                times.append(time.monotonic() - t)
+                self.conns.append(c)
+                ok += 1
+
+        await asyncio.gather(*(one() for _ in range(n)))
+        elapsed = time.monotonic() - t_start
+        if role == "pub":
+            base = self.worker_id * 1000 + len(self.publishers)
+            new = [c for c in self.conns if c.role == "pub" and c.publisher is None]
+            for i, c in enumerate(new):
+                self.publishers.append(Publisher(c, base + i + 1, cmd.get("publish", {})))
+        times.sort()
+        return {
+            "ok": ok,
+            "failed": n - ok,
+            "errors": dict(errors),
+            "elapsed": elapsed,
+            "handshake_p50_ms": 1000 * times[len(times) // 2] if times else None,
+            "handshake_max_ms": 1000 * times[-1] if times else None,
+            "open": self.open_count(),
+        }
+
+    def open_count(self) -> int:
+        return sum(1 for c in self.conns if not c.closed)
+
+    # measurement -----------------------------------------------------------
+    async def cmd_measure(self, cmd: Cmd) -> Cmd:
+        t0 = float(cmd["t0"])
+        t1 = float(cmd["t1"])
+        pub_start = float(cmd.get("pub_start", t0))
+        pub_spec = cmd.get("publish")
+        if pub_spec is not None:
+            for p in self.publishers:
+                p.window = int(pub_spec.get("window", 0))
+                p.rate = float(pub_spec.get("rate", 0.0))
+                p.size = max(int(pub_spec.get("size", 64)), wsp.PAYLOAD_MIN)
+                p.max_messages = p.sent + int(pub_spec.get("max_messages", 50_000_000))
+        await _sleep_until(pub_start)
+        sent0 = sum(p.sent for p in self.publishers)
+        if pub_spec is not None:
+            for p in self.publishers:
+                p.start(pub_start, t1)
+        await _sleep_until(t0)
+        before = [c.parser.frames for c in self.conns]
+        bytes0 = sum(c.parser.bytes for c in self.conns)
+        cpu0 = time.process_time()
+        wall0 = time.monotonic()
+        self.latencies = []
+        self.recording = bool(cmd.get("latency", False))
+        await _sleep_until(t1)
+        self.recording = False
+        wall1 = time.monotonic()
+        cpu1 = time.process_time()
+        for p in self.publishers:
+            p.stop()
+        per = []
+        closed = 0
+        for c, b in zip(self.conns, before, strict=False):
+            if c.role == "slow":
+                continue
+            per.append(c.parser.frames - b)
+            closed += c.closed
+        lat = self.latencies
+        self.latencies = []
+        fast_roles = [c for c in self.conns if c.role != "slow"]
+        return {
+            "frames": sum(per),
+            "bytes": sum(c.parser.bytes for c in self.conns) - bytes0,
+            "conns": len(per),
+            "zero_conns": sum(1 for x in per if x == 0),
+            "min_conn": min(per) if per else 0,
+            "max_conn": max(per) if per else 0,
+            "closed": closed,
+            "lost": sum(1 for c in fast_roles if c.lost_unexpectedly),
+            "sent": sum(p.sent for p in self.publishers) - sent0,
+            "latencies": lat,
+            "cpu_s": cpu1 - cpu0,
+            "wall_s": wall1 - wall0,
+        }
+
+    async def cmd_pause(self, cmd: Cmd) -> Cmd:
+        role = str(cmd.get("role", "slow"))
+        n = 0
+        for c in self.conns:
+            if c.role == role and c.transport is not None and not c.closed:
+                if cmd.get("resume"):
+                    c.transport.resume_reading()
+                else:
+                    c.transport.pause_reading()
+                n += 1
+        return {"paused": n}
+
+    async def cmd_mark(self, cmd: Cmd) -> Cmd:
+        for c in self.conns:
+            c.mark = c.parser.frames
+        return {"open": self.open_count()}
+
+    async def cmd_alive(self, cmd: Cmd) -> Cmd:
+        """Wait (bounded) until every open connection got a frame since ``mark``."""
+        deadline = time.monotonic() + float(cmd.get("timeout", 10.0))
+        while True:
+            alive = sum(1 for c in self.conns if not c.closed and c.parser.frames > c.mark)
+            if alive >= self.open_count() or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        return {"alive": alive, "open": self.open_count(), "total": len(self.conns)}
+
+    async def cmd_publish_once(self, cmd: Cmd) -> Cmd:
+        for p in self.publishers[:1]:
+            p.max_messages = p.sent + 1
+            p._send(1)
+        return {"sent": 1 if self.publishers else 0}
+
+    async def cmd_churn(self, cmd: Cmd) -> Cmd:
+        """Open and close connections in a loop until t1 (or max_cycles)."""
+        t1 = float(cmd["t1"])
+        path = str(cmd.get("path", "/ws/broadcast"))
+        sources = list(cmd.get("sources", []))
+        hold = float(cmd.get("hold", 0.2))
+        parallel = int(cmd.get("parallel", 20))
+        max_cycles = int(cmd.get("max_cycles", 1_000_000))
+        counts: Counter[str] = Counter()
+
+        async def churner() -> None:
+            while time.monotonic() < t1 and counts["cycles"] < max_cycles:
+                counts["cycles"] += 1
+                try:
+                    c = await self.open_one(path, "churn", 0, sources, 5.0)
+                except Exception as exc:
+                    counts["connect_errors"] += 1
+                    counts["err:" + _err_name(exc)] += 1
+                    await asyncio.sleep(0.05)
+                    continue
+                counts["connects"] += 1
+                await asyncio.sleep(min(hold, max(0.0, t1 - time.monotonic())))
+                if c.parser.frames:
+                    counts["churners_with_frames"] += 1
+                c.close()
+
+        await _sleep_until(float(cmd.get("t0", 0.0)))
+        await asyncio.gather(*(churner() for _ in range(parallel)))
+        return dict(counts)
+
+    async def cmd_status(self, cmd: Cmd) -> Cmd:
+        by_role: Counter[str] = Counter()
+        lost: Counter[str] = Counter()
+        for c in self.conns:
+            by_role[c.role] += not c.closed
+            lost[c.role] += c.lost_unexpectedly
+        return {
+            "open": self.open_count(),
+            "total": len(self.conns),
+            "open_by_role": dict(by_role),
+            "lost_by_role": dict(lost),
+            "fd_limit": self.fd_limit,
+        }
+
+    async def cmd_close(self, cmd: Cmd) -> Cmd:
+        for c in self.conns:
+            c.close()
+        await asyncio.sleep(0.05)
+        for c in self.conns:
+            c.abort()
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
+        return {"closed": len(self.conns)}
+
+    # command loop -------------------------------------------------------------
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.done = loop.create_future()
+        tasks: set[asyncio.Task[None]] = set()
+
+        def on_readable() -> None:
+            try:
+                cmd = self.pipe.recv()
+            except (EOFError, OSError):
+                if self.done is not None and not self.done.done():
+                    self.done.set_result(None)
+                loop.remove_reader(self.pipe.fileno())
+                return
+            t = loop.create_task(self.dispatch(cmd))
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+
+        loop.add_reader(self.pipe.fileno(), on_readable)
+        self.pipe.send({"ready": True, "fd_limit": self.fd_limit, "pid": os.getpid()})
+        await self.done
+        loop.remove_reader(self.pipe.fileno())
+
+    async def dispatch(self, cmd: Cmd) -> None:
+        handler = getattr(self, "cmd_" + str(cmd["op"]), None)
+        try:
+            if handler is None:
+                raise ValueError(f"unknown command {cmd['op']!r}")
+            reply = await handler(cmd)
+        except Exception as exc:  # reported to the coordinator, never swallowed
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        reply["op"] = cmd["op"]
+        self.pipe.send(reply)
+
+
+async def _sleep_until(t: float) -> None:
+    delay = t - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+def _err_name(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return "timeout"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"{type(exc).__name__}[{exc.errno}]"
+    return type(exc).__name__
+
+
+def worker_main(
+    pipe: Connection, worker_id: int, host: str, port: int, cpus: list[int] | None
+) -> None:
+    """Entry point of a client process."""
+    if cpus:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, cpus)
+    worker = Worker(pipe, worker_id, host, port)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(worker.run())
+    else:
+        uvloop.run(worker.run())

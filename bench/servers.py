@@ -1,0 +1,279 @@
+"""Start and stop servers under test, wait for readiness, read their RSS and CPU time."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PEERS = Path(__file__).resolve().parent / "peers"
+NODE_DIR = PEERS / "node_ws"
+LOG_DIR = REPO / "bench" / "results" / "logs"
+HOST = "127.0.0.1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class ServerSpec:
+    name: str
+    argv: Callable[[int], list[str]]
+    env: dict[str, str] = field(default_factory=dict)
+    workers: int = 1
+    description: str = ""
+    prepare: Callable[[], None] | None = None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def _uvicorn(target: str, workers: int = 1) -> Callable[[int], list[str]]:
+    def argv(port: int) -> list[str]:
+        cmd = [sys.executable, "-m", "uvicorn", target, "--host", HOST, "--port", str(port)]
+        cmd += ["--no-access-log", "--log-level", "warning", "--backlog", "4096"]
+        if workers > 1:
+            cmd += ["--workers", str(workers)]
+        return cmd
+
+    return argv
+
+
+def ensure_node_ws() -> None:
+    """Install the npm ``ws`` package into bench/peers/node_ws on demand (never vendored)."""
+    if (NODE_DIR / "node_modules" / "ws").is_dir():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        raise RuntimeError("npm not found: install Node.js to benchmark the node-ws peer")
+    subprocess.run(
+        [npm, "install", "--no-audit", "--no-fund", "--silent"],
+        cwd=NODE_DIR,
+        check=True,
+        timeout=300,
+    )
+
+
+FANOUT_ENV = {
+    "FANOUT_MAX_CONNECTIONS": "100000",
+    "FANOUT_STATS_LOG_INTERVAL": "0",
+}
+
+
+def server_specs(workers: int = 2) -> dict[str, ServerSpec]:
+    node = shutil.which("node") or "node"
+    return {
+        "fanout": ServerSpec(
+            "fanout",
+            _uvicorn("app.main:app"),
+            dict(FANOUT_ENV),
+            description="Fanout, 1 uvicorn worker",
+        ),
+        f"fanout-w{workers}": ServerSpec(
+            f"fanout-w{workers}",
+            _uvicorn("app.main:app", workers),
+            dict(FANOUT_ENV),
+            workers=workers,
+            description=f"Fanout, {workers} uvicorn workers",
+        ),
+        "node-ws": ServerSpec(
+            "node-ws",
+            lambda port: [node, str(NODE_DIR / "server.js"), str(port), HOST],
+            description="Node.js + npm ws (loop over clients, ws.send)",
+            prepare=ensure_node_ws,
+        ),
+        "websockets": ServerSpec(
+            "websockets",
+            lambda port: [
+                sys.executable,
+                "-m",
+                "bench.peers.websockets_server",
+                "--port",
+                str(port),
+            ],
+            description="Python websockets library, broadcast(), uvloop",
+        ),
+        "naive-starlette": ServerSpec(
+            "naive-starlette",
+            _uvicorn("bench.peers.naive_starlette:app"),
+            description="Starlette, `for ws in clients: await ws.send_bytes(m)`",
+        ),
+    }
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        kids.setdefault(ppid, []).append(int(entry))
+    return kids
+
+
+def process_tree(pid: int) -> list[int]:
+    kids = _children()
+    out = [pid]
+    i = 0
+    while i < len(out):
+        out.extend(kids.get(out[i], []))
+        i += 1
+    return out
+
+
+def rss_kb(pid: int) -> int:
+    """Resident set size of a process and all its descendants, in KiB."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            continue
+    return total
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process tree, in seconds."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / CLK_TCK
+
+
+def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    with socket.create_connection((HOST, port), timeout=timeout) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+        chunks = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            b = s.recv(65536)
+            if not b:
+                break
+            chunks.append(b)
+    raw = b"".join(chunks)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    try:
+        status = int(head.split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        status = 0
+    return status, body
+
+
+class RunningServer:
+    def __init__(self, spec: ServerSpec, port: int, proc: subprocess.Popen[bytes], log: Path):
+        self.spec = spec
+        self.port = port
+        self.proc = proc
+        self.log = log
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def rss_kb(self) -> int:
+        return rss_kb(self.proc.pid)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout)
+        else:
+            # The leader is gone; reap any worker it left in its own process group.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def start_server(
+    spec: ServerSpec,
+    cpus: list[int] | None = None,
+    port: int | None = None,
+    ready_timeout: float = 30.0,
+) -> RunningServer:
+    """Start a server as its own process group, optionally pinned with taskset, and
+    wait until ``GET /healthz`` answers 200."""
+    if spec.prepare is not None:
+        spec.prepare()
+    port = port or free_port()
+    argv = spec.argv(port)
+    if cpus and shutil.which("taskset"):
+        argv = ["taskset", "-c", ",".join(map(str, cpus)), *argv]
+    env = {**os.environ, **spec.env, "PYTHONUNBUFFERED": "1"}
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log = LOG_DIR / f"{spec.name}-{port}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    server = RunningServer(spec, port, proc, log)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{spec.name} exited with {proc.returncode}:\n{server.log_tail()}")
+        try:
+            status, _ = http_get(port, "/healthz", timeout=1.0)
+            if status == 200:
+                if spec.workers > 1:
+                    time.sleep(1.0)  # let every worker finish starting
+                return server
+        except OSError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"{spec.name} not ready after {ready_timeout}s:\n{server.log_tail()}")
+
+
+@contextlib.contextmanager
+def running(spec: ServerSpec, cpus: list[int] | None = None) -> Iterator[RunningServer]:
+    server = start_server(spec, cpus)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,77 @@
+"""One-line human summaries of scenario results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _num(x: Any, unit: str = "") -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float | int) and abs(x) >= 10_000:
+        return f"{x:,.0f}{unit}"
+    if isinstance(x, float):
+        return f"{x:.3g}{unit}"
+    return f"{x}{unit}"
+
+
+def _lat(lat: dict[str, Any] | None) -> str:
+    if not lat or not lat.get("count"):
+        return "latency: no samples"
+    return (
+        f"p50 {lat['p50_ms']:.3f} ms, p99 {lat['p99_ms']:.3f} ms, max {lat['max_ms']:.3f} ms"
+        f" ({lat['count']:,} samples)"
+    )
+
+
+def summarize(r: dict[str, Any]) -> str:
+    s = r.get("scenario")
+    name = r.get("server", "?")
+    p = r.get("params", {})
+    if s == "fanout":
+        return (
+            f"[fanout] {name}: {_num(r['deliveries_per_s'])} deliveries/s to "
+            f"{p['subscribers']} subscribers ({_num(r['publish_rate'])} msg/s published, "
+            f"delivery ratio {_num(r['delivery_ratio'])}, "
+            f"{r['subscribers_without_frames']} subscribers without frames, "
+            f"server CPU {_num(r.get('server_cpu_util'))}, client CPU {_num(r['client_cpu_util'])})"
+        )
+    if s == "latency":
+        parts = [f"{ph['rate']:g}/s: {_lat(ph['latency'])}" for ph in r["phases"]]
+        return f"[latency] {name}, {p['subscribers']} subscribers: " + "; ".join(parts)
+    if s == "memory":
+        pts = ", ".join(
+            f"{pt['connections']}: {pt['rss_kb'] / 1024:.1f} MiB ({pt['kb_per_conn']} KB/conn, "
+            f"{pt['alive']} alive)"
+            for pt in r["points"]
+        )
+        return f"[memory] {name}: baseline {r['baseline_rss_kb'] / 1024:.1f} MiB; {pts}"
+    if s == "connect":
+        return (
+            f"[connect] {name}: {r['connected']}/{p['connections']} in {r['elapsed_s']} s = "
+            f"{_num(r['connects_per_s'])} connects/s, handshake p50 "
+            f"{_num(r['handshake_p50_ms'])} ms; errors {r['errors']}"
+        )
+    if s == "maxconn":
+        return (
+            f"[maxconn] {name}: opened {r['opened']}, open at end {r['open_at_end']}, "
+            f"alive (got a broadcast) {r['alive']}; RSS {_num(r['server_rss_kb'])} KB"
+        )
+    if s == "churn":
+        return (
+            f"[churn] {name}: {_num(r['churn_connects_per_s'])} connects/s churned, "
+            f"{r['churn'].get('connect_errors', 0)} connect errors; stable subscribers: "
+            f"delivery ratio {_num(r['delivery_ratio'])}, {r['lost_connections']} lost; "
+            + _lat(r["latency"])
+        )
+    if s == "slow":
+        b, a = r["before"], r["after"]
+        return (
+            f"[slow] {name}: fast clients {_num(b['deliveries_per_s'])} -> "
+            f"{_num(a['deliveries_per_s'])} deliveries/s (x{_num(r['fast_throughput_ratio'])}), "
+            f"p99 {_num((b['latency'] or {}).get('p99_ms'))} -> "
+            f"{_num((a['latency'] or {}).get('p99_ms'))} ms; {r['slow_still_open']}/"
+            f"{r['slow_connected']} stalled clients still open; server RSS growth "
+            f"{_num(r['server_rss_growth_kb'])} KB"
+        )
+    return str(r)
