@@ -50,6 +50,7 @@
     statDropped: $("stat-dropped"),
     statsState: $("stats-state"),
     statsExtra: $("stats-extra"),
+    statsCard: $("stats-card"),
   };
 
   let ws = null;
@@ -282,9 +283,11 @@
 
   function renderStats(s) {
     const conns = (s && s.connections) || {};
-    const byEp = conns.by_endpoint || {};
-    const echo = num(byEp.echo);
-    const broadcast = num(byEp.broadcast);
+    const byEp = conns.by_endpoint;
+    // An endpoint with no connections may be left out of by_endpoint: that means 0.
+    const hasByEp = byEp !== null && typeof byEp === "object";
+    const echo = hasByEp ? num(byEp.echo) ?? 0 : null;
+    const broadcast = hasByEp ? num(byEp.broadcast) ?? 0 : null;
     let total = num(conns.total);
     if (total === null && (echo !== null || broadcast !== null)) total = (echo || 0) + (broadcast || 0);
     const msgs = (s && s.messages) || {};
@@ -309,6 +312,8 @@
     }
     const slow = num(s && s.slow_consumer_disconnects);
     if (slow) bits.push("slow-consumer disconnects " + formatNumber(slow));
+    const worker = s && s.worker;
+    if (worker && typeof worker === "object" && worker.id) bits.push("worker " + worker.id);
     const up = num(s && s.uptime_seconds);
     if (up !== null) bits.push("up " + formatUptime(up));
     el.statsExtra.textContent = bits.join(" \u00b7 ");
@@ -337,10 +342,17 @@
       const data = await res.json();
       renderStats(data);
       el.statsState.dataset.state = "live";
+      el.statsCard.dataset.state = "live";
       el.statsState.textContent = "Live \u00b7 updated " + timestamp(new Date());
     } catch (err) {
+      const why =
+        err.name === "AbortError" ? "timed out" :
+        err instanceof TypeError ? "server unreachable" : err.message;
       el.statsState.dataset.state = "stale";
-      el.statsState.textContent = "Stats unavailable (" + (err.name === "AbortError" ? "timeout" : err.message) + ")";
+      el.statsCard.dataset.state = "stale";
+      el.statsState.textContent =
+        "Stats unavailable (" + why + ")" +
+        (el.statConnections.textContent !== "\u2013" ? " \u00b7 showing last known values" : "");
     } finally {
       clearTimeout(timer);
       statsInFlight = false;
