@@ -305,11 +305,11 @@ class Worker:
                 p.size = max(int(pub_spec.get("size", 64)), wsp.PAYLOAD_MIN)
                 p.max_messages = p.sent + int(pub_spec.get("max_messages", 50_000_000))
         await _sleep_until(pub_start)
-        sent0 = sum(p.sent for p in self.publishers)
         if pub_spec is not None:
             for p in self.publishers:
                 p.start(pub_start, t1)
         await _sleep_until(t0)
+        sent0 = sum(p.sent for p in self.publishers)
         before = [c.parser.frames for c in self.conns]
         bytes0 = sum(c.parser.bytes for c in self.conns)
         cpu0 = time.process_time()

@@ -17,6 +17,7 @@ from typing import Any
 from bench import stats
 from bench.client import Cmd, raise_fd_limit, worker_main
 from bench.protocol import PAYLOAD_MIN
+from bench.servers import core_util, cpu_times
 
 Result = dict[str, Any]
 PER_PROC_MAX = 15_000  # connections per client process (hard fd limit here is 20,000)
@@ -214,8 +215,10 @@ def measure(
         pipe.send(c)
     _wait_until(t0, label, t0, t1)
     cpu0 = target.cpu_seconds() if target.cpu_seconds else None
+    cores0 = cpu_times()
     _wait_until(t1, label, t0, t1)
     cpu1 = target.cpu_seconds() if target.cpu_seconds else None
+    cores = core_util(cores0, cpu_times())
     rss = target.rss_kb() if target.rss_kb else None
     progress_done()
     deadline = time.monotonic() + 30 + duration
@@ -239,6 +242,7 @@ def measure(
         "closed_during_run": sum(r["closed"] for r in replies),
         "lost_connections": sum(r["lost"] for r in replies),
         "client_cpu_util": round(client_cpu / duration, 3),
+        "core_util": cores,
         "latency": stats.latency_summary(lat) if latency else None,
     }
     if cpu0 is not None and cpu1 is not None:

@@ -164,6 +164,26 @@ def cpu_seconds(pid: int) -> float:
     return total / CLK_TCK
 
 
+def cpu_times() -> list[tuple[int, int]]:
+    """(busy, total) jiffies of every core, from /proc/stat."""
+    out = []
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                v = [int(x) for x in line.split()[1:]]
+                idle = v[3] + (v[4] if len(v) > 4 else 0)
+                out.append((sum(v) - idle, sum(v)))
+    return out
+
+
+def core_util(before: list[tuple[int, int]], after: list[tuple[int, int]]) -> list[float]:
+    """Busy share of each core between two ``cpu_times()`` readings."""
+    return [
+        round((b1 - b0) / (t1 - t0), 3) if t1 > t0 else 0.0
+        for (b0, t0), (b1, t1) in zip(before, after, strict=False)
+    ]
+
+
 def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
     with socket.create_connection((HOST, port), timeout=timeout) as s:
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())

@@ -1,0 +1,57 @@
+"""Smoke runs of the load generator against a real Fanout server (behaviour, never timing)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(
+    not (ROOT / "app" / "main.py").exists(), reason="the Fanout server is not there yet"
+)
+
+
+def run_bench(*args: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", *args, "--no-pin"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stdout
+    result: dict[str, Any] = json.loads(lines[0])
+    assert proc.stderr.strip(), "a human summary is printed on stderr"
+    return result
+
+
+def test_fanout_smoke_100_clients() -> None:
+    r = run_bench("fanout", "--subscribers", "100", "--duration", "2", "--warmup", "0.5")
+    assert r["scenario"] == "fanout" and r["server"] == "fanout"
+    assert r["connect"]["ok"] == 100 and r["connect"]["failed"] == 0
+    assert r["messages_sent"] > 0
+    assert r["deliveries"] > 0
+    assert r["receivers"] == 101  # 100 subscribers + the publisher, which is subscribed too
+    assert r["subscribers_without_frames"] == 0
+    assert r["lost_connections"] == 0
+    assert r["server_rss_kb"] > 0
+
+
+def test_latency_smoke() -> None:
+    r = run_bench(
+        "latency", "--subscribers", "50", "--rates", "50", "--duration", "1", "--warmup", "0.3"
+    )
+    phase = r["phases"][0]
+    assert phase["messages_sent"] > 0
+    lat = phase["latency"]
+    assert lat["count"] > 0
+    assert 0 <= lat["p50_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+    assert phase["subscribers_without_frames"] == 0
