@@ -121,6 +121,14 @@ class RawClient:
             frames.append(frame)
         raise AssertionError("no close frame within the frame limit")
 
+    def stop_reading(self) -> None:
+        """Take nothing more off the socket: the kernel buffer fills, then the server's."""
+        self.writer.transport.pause_reading()  # type: ignore[attr-defined]
+
+    def resume_reading(self) -> None:
+        """Read again after :meth:`stop_reading`."""
+        self.writer.transport.resume_reading()  # type: ignore[attr-defined]
+
     def reset(self) -> None:
         """Vanish: close with a TCP reset, no close frame."""
         sock = self.writer.get_extra_info("socket")

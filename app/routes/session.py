@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,14 @@ from app.services.message import Message
 from app.services.server_transport import mark_denial_sent, transport_of
 
 OnMessage = Callable[[Connection, Message], None]
+
+YIELD_EVERY = 32
+"""Messages handled before the receive loop lets the writers run.
+
+uvicorn parses every frame of a socket read at once (up to 256 KiB with uvloop, thousands
+of small messages) and ``receive`` then returns them without suspending; without a pause
+the fan-out would fill every healthy client's outbox before any writer ran.
+"""
 
 
 async def deny(websocket: WebSocket, status: int, reason: str, detail: str) -> None:
@@ -45,6 +54,7 @@ async def run_session(
         websocket, endpoint=endpoint, channel=channel, transport=transport_of(websocket.scope)
     )
     code: int = CloseCode.NO_STATUS
+    unyielded = 0
     try:
         await websocket.accept()
         conn.start()
@@ -64,6 +74,10 @@ async def run_session(
                 break
             service.received()
             on_message(conn, message)
+            unyielded += 1
+            if unyielded == YIELD_EVERY:
+                unyielded = 0
+                await asyncio.sleep(0)
     except WebSocketDisconnect as exc:
         code = exc.code
     finally:

@@ -23,6 +23,9 @@ from app.services.server_transport import AbortableTransport
 
 logger = logging.getLogger("fanout")
 
+ENDPOINTS = ("broadcast", "echo")
+"""Socket endpoints /stats always reports, with zero when nobody is connected."""
+
 
 class BroadcastService:
     """Tracks this worker's WebSocket connections and fans messages out to them.
@@ -45,7 +48,7 @@ class BroadcastService:
         self._connections: dict[int, Connection] = {}
         # A dict per channel keeps delivery order stable and removal O(1).
         self._channels: dict[str, dict[int, Connection]] = {}
-        self._by_endpoint: dict[str, int] = {}
+        self._by_endpoint: dict[str, int] = dict.fromkeys(ENDPOINTS, 0)
         self._started_at = time.monotonic()
         self._stats_task: asyncio.Task[None] | None = None
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
@@ -202,7 +205,7 @@ class BroadcastService:
             "backend": self.backend.status(),
             "connections": {
                 "total": len(self._connections),
-                "by_endpoint": {k: v for k, v in sorted(self._by_endpoint.items()) if v},
+                "by_endpoint": dict(sorted(self._by_endpoint.items())),
             },
             "channels": {name: len(m) for name, m in sorted(self._channels.items())},
             "messages": {"received": c.received, "delivered": c.delivered, "dropped": c.dropped},

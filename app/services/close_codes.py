@@ -11,6 +11,8 @@ class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
     """The application is stopping (lifespan shutdown closed the socket)."""
+    PROTOCOL_ERROR = 1002
+    """A malformed frame (unmasked, reserved bits, bad opcode; sent by the protocol layer)."""
     NO_STATUS = 1005
     """Reported when a client's connection vanished without a close frame."""
     ABNORMAL = 1006
@@ -27,5 +29,7 @@ class CloseCode(IntEnum):
     """The client did not read fast enough: its outbox overflowed. Reconnect."""
 
 
-PROTOCOL_ERRORS = frozenset({CloseCode.INVALID_UTF8, CloseCode.MESSAGE_TOO_BIG})
+PROTOCOL_ERRORS = frozenset(
+    {CloseCode.PROTOCOL_ERROR, CloseCode.INVALID_UTF8, CloseCode.MESSAGE_TOO_BIG}
+)
 """Codes that mean the client broke the protocol; logged as one warning line."""

@@ -1,0 +1,25 @@
+"""Checks shared by the bad-input tests."""
+
+from __future__ import annotations
+
+import uuid
+
+import websockets
+
+from tests.conftest import ServerProcess
+
+
+async def assert_still_serving(server: ServerProcess) -> None:
+    """A fresh client still gets its echo and its broadcast back."""
+    token = uuid.uuid4().hex
+    async with websockets.connect(server.ws("/ws/echo"), open_timeout=5) as ws:
+        await ws.send(token)
+        assert await ws.recv() == token
+    async with (
+        websockets.connect(server.ws("/ws/broadcast"), open_timeout=5) as a,
+        websockets.connect(server.ws("/ws/broadcast"), open_timeout=5) as b,
+    ):
+        # The server registers a client before it completes the handshake, so both are in.
+        await a.send(token)
+        assert await a.recv() == token
+        assert await b.recv() == token
