@@ -128,13 +128,13 @@ async def fetch_stats(server: ServerProcess) -> dict[str, Any]:
 
 
 async def eventually(
-    predicate: Callable[[], Any], timeout: float = 10.0, step: float = 0.05
+    predicate: Callable[[], Any], within: float = 10.0, step: float = 0.05
 ) -> bool:
-    """Await ``predicate`` (sync or async) until truthy or ``timeout`` passes."""
+    """Await ``predicate`` (sync or async) until truthy or ``within`` seconds pass."""
     import asyncio
     import inspect
 
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         result = predicate()
         if inspect.isawaitable(result):

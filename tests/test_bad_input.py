@@ -55,7 +55,7 @@ async def test_frame_header_beyond_protocol_limit_closes_1009(server: ServerProc
     # Announce a 1 TiB frame: the protocol layer refuses it from the header alone.
     header = bytes([0x80 | OP_BINARY, 0x80 | 127]) + struct.pack("!Q", 1 << 40) + b"mask"
     client.writer.write(header)
-    frames, close = await client.recv_until_close()
+    _, close = await client.recv_until_close()
     assert close is not None and close.close_code == 1009
     await client.close()
     after = await fetch_stats(server)
@@ -87,7 +87,7 @@ async def test_unmasked_frame_closes_1002(server: ServerProcess) -> None:
     before = await fetch_stats(server)
     client = await RawClient.open(server.port, "/ws/echo")
     client.writer.write(bytes([0x80 | OP_TEXT, 5]) + b"hello")  # clients must mask
-    frames, close = await client.recv_until_close()
+    _, close = await client.recv_until_close()
     assert close is not None and close.close_code == 1002
     await client.close()
     after = await fetch_stats(server)

@@ -15,9 +15,9 @@ async def test_every_client_gets_every_message_sender_included(server: ServerPro
         websockets.connect(server.ws("/ws/broadcast")) as b,
         websockets.connect(server.ws("/ws/broadcast")) as c,
     ):
-        assert await eventually(
-            lambda: _channel_count(server, "default", 3)
-        ), "three subscribers registered"
+        assert await eventually(lambda: _channel_count(server, "default", 3)), (
+            "three subscribers registered"
+        )
         await a.send("from a")
         await b.send(b"\x00binary from b\xff")
         for ws in (a, b, c):

@@ -54,7 +54,7 @@ async def test_stalled_reader_is_closed_and_others_get_everything(start_server) 
         stats = await fetch_stats(server)
         return bool(stats["slow_consumer_disconnects"] == 1 and stats["channels"]["default"] == 4)
 
-    assert await eventually(stalled_closed, timeout=15)
+    assert await eventually(stalled_closed, within=15)
     stats = await fetch_stats(server)
     assert stats["messages"]["dropped"] > 0
     assert stats["closes"]["4008"] == 1

@@ -1,0 +1,111 @@
+"""Small unit tests: settings parsing, the outbox policy, encoding once."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from app.config import Settings, SettingsError
+from app.services.backends.memory import MemoryBackend
+from app.services.broadcast import BroadcastService
+from app.services.connection import Connection, OutboxLimits
+from app.services.counters import Counters
+from app.services.message import Message
+
+
+class FakeSocket:
+    """Records what a Connection sends; ``block`` makes sends wait like a full buffer."""
+
+    def __init__(self) -> None:
+        self.client = None
+        self.sent: list[dict[str, Any]] = []
+        self.block = asyncio.Event()
+        self.block.set()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.block.wait()
+        self.sent.append(message)
+
+
+def test_settings_from_env_parses_and_validates() -> None:
+    s = Settings.from_env({"FANOUT_MAX_CONNECTIONS": "5", "FANOUT_GC_FREEZE": "off"})
+    assert s.max_connections == 5
+    assert s.gc_freeze is False
+    assert Settings.from_env({}).max_message_bytes == 1_048_576
+    with pytest.raises(SettingsError, match="FANOUT_OUTBOX_MAX_BYTES"):
+        Settings.from_env({"FANOUT_OUTBOX_MAX_BYTES": "0"})
+    with pytest.raises(SettingsError, match="FANOUT_CLOSE_TIMEOUT"):
+        Settings.from_env({"FANOUT_CLOSE_TIMEOUT": "soon"})
+
+
+def _connection(
+    sock: FakeSocket, counters: Counters, overflows: list[int], **limits: Any
+) -> Connection:
+    return Connection(
+        conn_id=1,
+        endpoint="broadcast",
+        channel="default",
+        peer="test",
+        websocket=sock,  # type: ignore[arg-type]
+        transport=None,
+        limits=OutboxLimits(
+            max_messages=limits.get("max_messages", 4),
+            max_bytes=limits.get("max_bytes", 1000),
+            close_timeout=0.1,
+        ),
+        counters=counters,
+        on_overflow=lambda conn, dropped: overflows.append(dropped),
+    )
+
+
+async def test_offer_never_waits_and_overflow_closes_with_4008() -> None:
+    sock, counters, overflows = FakeSocket(), Counters(), []  # type: ignore[var-annotated]
+    conn = _connection(sock, counters, overflows)
+    conn.start()
+    sock.block.clear()  # the client stops reading: every send now waits
+    assert conn.offer(Message.from_text("first"))
+    await asyncio.sleep(0.01)  # the writer takes it and blocks in send
+    for i in range(4):
+        assert conn.offer(Message.from_text(f"queued {i}"))
+    assert conn.pending == 4
+    assert not conn.offer(Message.from_text("one too many"))  # returns at once
+    assert overflows == [5]
+    assert conn.closing and conn.close_code == 4008
+    assert not conn.offer(Message.from_text("after close"))
+    sock.block.set()
+    await conn.finish()
+    assert sock.sent[-1] == {"type": "websocket.close", "code": 4008, "reason": "slow consumer"}
+
+
+async def test_byte_bound_counts_too_but_one_large_message_always_fits() -> None:
+    sock, counters, overflows = FakeSocket(), Counters(), []  # type: ignore[var-annotated]
+    conn = _connection(sock, counters, overflows, max_messages=100, max_bytes=100)
+    assert conn.offer(Message.from_bytes(b"x" * 500))  # alone in the outbox: fits
+    assert not conn.offer(Message.from_bytes(b"y"))
+    assert overflows == [2]
+    await conn.finish()
+
+
+async def test_broadcast_encodes_once_and_shares_the_bytes() -> None:
+    service = BroadcastService(Settings(stats_log_interval=0), MemoryBackend())
+    await service.start()
+    socks = [FakeSocket() for _ in range(50)]
+    conns = [
+        service.connect(s, endpoint="broadcast", channel="default", transport=None)  # type: ignore[arg-type]
+        for s in socks
+    ]
+    message = Message.from_text("héllo")
+    service.publish("default", message)
+    # Every outbox holds the very same object: no per-receiver copy or encoding.
+    assert all(c._queue[0] is message for c in conns)
+    for c in conns:
+        c.start()
+    await asyncio.sleep(0.01)
+    assert all(s.sent == [{"type": "websocket.send", "text": "héllo"}] for s in socks)
+    assert all(s.sent[0]["text"] is message.text for s in socks)
+    assert service.counters.delivered == 50
+    for c in conns:
+        await service.disconnect(c, 1000)
+    await service.stop()

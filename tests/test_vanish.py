@@ -1,0 +1,50 @@
+"""A client that vanishes mid-broadcast (TCP reset) costs nobody anything and leaks nothing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import websockets
+
+from tests.conftest import ServerProcess, eventually, fetch_stats
+from tests.helpers import assert_still_serving
+from tests.rawws import RawClient
+
+
+async def test_reset_mid_broadcast(server: ServerProcess) -> None:
+    before = await fetch_stats(server)
+    base = before["connections"]["total"]
+    readers = [await websockets.connect(server.ws("/ws/broadcast")) for _ in range(3)]
+    doomed = [await RawClient.open(server.port, "/ws/broadcast") for _ in range(5)]
+    assert await eventually(lambda: _total(server, base + 8))
+
+    n = 300
+    counts = [asyncio.create_task(_count(ws, n)) for ws in readers]
+    for i in range(n):
+        await readers[i % 3].send(f"m{i}")
+        if i == n // 2:
+            for client in doomed:
+                client.reset()  # RST, no close frame, with messages in flight to it
+    for task in counts:
+        assert await task == n
+
+    assert await eventually(lambda: _total(server, base + 3))
+    for ws in readers:
+        await ws.close()
+    assert await eventually(lambda: _total(server, base))
+    stats = await fetch_stats(server)
+    assert stats["channels"].get("default", 0) == 0
+    assert "Traceback" not in server.log()
+    await assert_still_serving(server)
+
+
+async def _count(ws: websockets.ClientConnection, n: int) -> int:
+    got = 0
+    for _ in range(n):
+        await asyncio.wait_for(ws.recv(), 20)
+        got += 1
+    return got
+
+
+async def _total(server: ServerProcess, expected: int) -> bool:
+    return bool((await fetch_stats(server))["connections"]["total"] == expected)
