@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--subscribers", type=int, default=1000)
     p.add_argument("--slow-share", type=float, default=0.1)
-    p.add_argument("--rate", type=float, default=200.0)
+    p.add_argument("--rate", type=float, default=50.0)
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--duration", type=float, default=5.0)
 

@@ -141,6 +141,7 @@ class Publisher:
         self.acked = 0
         self.stop_at = 0.0
         self.start_at = 0.0
+        self.base = 0
         self.active = False
         conn.publisher = self
 
@@ -160,6 +161,7 @@ class Publisher:
     def start(self, start_at: float, stop_at: float) -> None:
         self.start_at = start_at
         self.stop_at = stop_at
+        self.base = self.sent
         self.active = True
         if self.window:
             self._send(self.window)
@@ -189,10 +191,10 @@ class Publisher:
         if now >= self.stop_at or self.sent >= self.max_messages or self.conn.closed:
             self.active = False
             return
-        due = int((now - self.start_at) * self.rate) + 1
+        due = self.base + int((now - self.start_at) * self.rate) + 1
         self._send(min(due - self.sent, 1000))
         interval = 1.0 / self.rate
-        next_at = self.start_at + (self.sent / self.rate)
+        next_at = self.start_at + ((self.sent - self.base) / self.rate)
         delay = max(0.0005, min(interval, next_at - time.monotonic()))
         asyncio.get_running_loop().call_later(delay, self._tick)
 
@@ -466,6 +468,8 @@ class Worker:
         except Exception as exc:  # reported to the coordinator, never swallowed
             reply = {"error": f"{type(exc).__name__}: {exc}"}
         reply["op"] = cmd["op"]
+        # The event loop made the pipe non-blocking; a large reply must not fail with EAGAIN.
+        os.set_blocking(self.pipe.fileno(), True)
         self.pipe.send(reply)
 
 

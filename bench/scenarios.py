@@ -537,7 +537,7 @@ def slow_consumer(
     target: Target,
     subscribers: int = 1000,
     slow_share: float = 0.1,
-    rate: float = 200.0,
+    rate: float = 50.0,
     size: int = 1024,
     duration: float = 5.0,
     procs: int = 2,
