@@ -36,6 +36,7 @@ class ServerProcess:
         OUTPUT.mkdir(exist_ok=True)
         self.log_path = OUTPUT / f"server-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.write_path = "direct"
 
     @property
     def base(self) -> str:
@@ -85,10 +86,17 @@ class ServerProcess:
         return self.proc.returncode
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    """One server with default settings, shared by a test module."""
-    proc = ServerProcess().start()
+WRITE_PATHS = {
+    "direct": [],  # uvicorn's default protocol: prepared frames written to the transport
+    "asgi": ["--ws", "wsproto"],  # another protocol: the plain ASGI fallback
+}
+
+
+@pytest.fixture(scope="module", params=sorted(WRITE_PATHS))
+def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    """One server with default settings per test module, on each write path."""
+    proc = ServerProcess(args=WRITE_PATHS[request.param]).start()
+    proc.write_path = request.param
     yield proc
     proc.stop()
 

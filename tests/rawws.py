@@ -46,6 +46,8 @@ class Frame:
 
     opcode: int
     payload: bytes
+    raw: bytes = b""
+    """The frame exactly as it came off the wire."""
 
     @property
     def close_code(self) -> int | None:
@@ -101,13 +103,19 @@ class RawClient:
 
     async def recv_frame(self) -> Frame:
         """Read one frame (raises IncompleteReadError at EOF)."""
-        b1, b2 = await self.reader.readexactly(2)
+        head = await self.reader.readexactly(2)
+        b1, b2 = head
         n = b2 & 0x7F
         if n == 126:
-            (n,) = struct.unpack("!H", await self.reader.readexactly(2))
+            ext = await self.reader.readexactly(2)
+            (n,) = struct.unpack("!H", ext)
+            head += ext
         elif n == 127:
-            (n,) = struct.unpack("!Q", await self.reader.readexactly(8))
-        return Frame(b1 & 0x0F, await self.reader.readexactly(n))
+            ext = await self.reader.readexactly(8)
+            (n,) = struct.unpack("!Q", ext)
+            head += ext
+        payload = await self.reader.readexactly(n)
+        return Frame(b1 & 0x0F, payload, head + payload)
 
     async def recv_until_close(self, limit: int = 100_000) -> tuple[list[Frame], Frame | None]:
         """Frames up to and including a close frame; (frames, None) if the socket ends first."""

@@ -84,7 +84,7 @@ async def test_stats_count_connections_and_deliveries(server: ServerProcess) -> 
         after = await fetch_stats(server)
         assert after["messages"]["received"] - before["messages"]["received"] == 1
         assert after["messages"]["delivered"] - before["messages"]["delivered"] == 5
-        assert after["backend"] == {"name": "memory", "status": "up"}
+        assert after["backend"]["status"] == "up"
         assert after["uptime_seconds"] > 0
     finally:
         for ws in clients:

@@ -13,7 +13,7 @@ from app.routes.context import broadcast_service, settings_of
 from app.services.close_codes import CloseCode
 from app.services.connection import Connection
 from app.services.message import Message
-from app.services.server_transport import mark_denial_sent, transport_of
+from app.services.server_transport import direct_writer, mark_denial_sent, transport_of
 
 OnMessage = Callable[[Connection, Message], None]
 
@@ -51,7 +51,11 @@ async def run_session(
         return
     limit = settings_of(websocket).max_message_bytes
     conn = service.connect(
-        websocket, endpoint=endpoint, channel=channel, transport=transport_of(websocket.scope)
+        websocket,
+        endpoint=endpoint,
+        channel=channel,
+        transport=transport_of(websocket.scope),
+        direct=direct_writer(websocket.scope),
     )
     code: int = CloseCode.NO_STATUS
     unyielded = 0

@@ -19,10 +19,12 @@ from app.services.close_codes import PROTOCOL_ERRORS, CloseCode
 from app.services.connection import Connection, OutboxLimits
 from app.services.counters import Counters
 from app.services.message import Message
-from app.services.server_transport import AbortableTransport
+from app.services.server_transport import AbortableTransport, DirectWriter
 
 logger = logging.getLogger("fanout")
 
+WRITE_PATHS = ("asgi", "direct")
+"""How a connection's messages reach its socket (see Connection.path)."""
 ENDPOINTS = ("broadcast", "echo")
 """Socket endpoints /stats always reports, with zero when nobody is connected."""
 
@@ -49,6 +51,7 @@ class BroadcastService:
         # A dict per channel keeps delivery order stable and removal O(1).
         self._channels: dict[str, dict[int, Connection]] = {}
         self._by_endpoint: dict[str, int] = dict.fromkeys(ENDPOINTS, 0)
+        self._by_path: dict[str, int] = dict.fromkeys(WRITE_PATHS, 0)
         self._started_at = time.monotonic()
         self._stats_task: asyncio.Task[None] | None = None
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
@@ -99,6 +102,7 @@ class BroadcastService:
         endpoint: str,
         channel: str | None,
         transport: AbortableTransport | None,
+        direct: DirectWriter | None = None,
     ) -> Connection:
         """Register a client (before its handshake completes) and return its Connection."""
         client = websocket.client
@@ -110,12 +114,14 @@ class BroadcastService:
             peer=peer,
             websocket=websocket,
             transport=transport,
+            direct=direct,
             limits=self._limits,
             counters=self.counters,
             on_overflow=self._on_slow_consumer,
         )
         self._connections[conn.id] = conn
         self._by_endpoint[endpoint] = self._by_endpoint.get(endpoint, 0) + 1
+        self._by_path[conn.path] += 1
         if channel is not None:
             members = self._channels.get(channel)
             if members is None:
@@ -124,10 +130,11 @@ class BroadcastService:
             members[conn.id] = conn
         self.counters.connections_opened += 1
         logger.info(
-            "connect %s peer=%s id=%d (connections: %d)",
+            "connect %s peer=%s id=%d path=%s (connections: %d)",
             _label(conn),
             peer,
             conn.id,
+            conn.path,
             len(self._connections),
         )
         return conn
@@ -137,6 +144,7 @@ class BroadcastService:
         if self._connections.pop(conn.id, None) is None:
             return
         self._by_endpoint[conn.endpoint] -= 1
+        self._by_path[conn.path] -= 1
         if conn.channel is not None:
             members = self._channels.get(conn.channel)
             if members is not None:
@@ -206,6 +214,7 @@ class BroadcastService:
             "connections": {
                 "total": len(self._connections),
                 "by_endpoint": dict(sorted(self._by_endpoint.items())),
+                "by_path": dict(sorted(self._by_path.items())),
             },
             "channels": {name: len(m) for name, m in sorted(self._channels.items())},
             "messages": {"received": c.received, "delivered": c.delivered, "dropped": c.dropped},

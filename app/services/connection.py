@@ -13,10 +13,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from app.services.close_codes import CloseCode
 from app.services.counters import Counters
 from app.services.message import Message
-from app.services.server_transport import AbortableTransport
+from app.services.server_transport import AbortableTransport, DirectWriter
 
 SEND_ERRORS = (WebSocketDisconnect, RuntimeError, OSError)
 """What sending to a client that has gone can raise through Starlette and uvicorn."""
+
+
+CORK_MAX_FRAMES = 64
+"""Frames corked for one connection before they are written without waiting for the flush."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,9 @@ class Connection:
         "_closer",
         "_closing",
         "_counters",
+        "_direct",
+        "_direct_ready",
+        "_flush_scheduled",
         "_limits",
         "_on_overflow",
         "_queue",
@@ -66,6 +73,7 @@ class Connection:
         peer: str,
         websocket: WebSocket,
         transport: AbortableTransport | None,
+        direct: DirectWriter | None = None,
         limits: OutboxLimits,
         counters: Counters,
         on_overflow: Callable[[Connection, int], None],
@@ -76,6 +84,10 @@ class Connection:
         self.peer = peer
         self._websocket = websocket
         self._transport = transport
+        self._direct = direct
+        # Direct writes only once the handshake response is on the wire (see start()).
+        self._direct_ready: DirectWriter | None = None
+        self._flush_scheduled = False
         self._limits = limits
         self._counters = counters
         self._on_overflow = on_overflow
@@ -98,9 +110,24 @@ class Connection:
         """Messages waiting in the outbox."""
         return len(self._queue)
 
+    @property
+    def path(self) -> str:
+        """How messages reach the socket: 'direct' (prepared frames) or 'asgi'."""
+        return "direct" if self._direct is not None else "asgi"
+
     def start(self) -> None:
-        """Start the writer; call once the WebSocket handshake is complete."""
-        if self._writer is None and not self._closing:
+        """Start delivering; call once the WebSocket handshake is complete.
+
+        On the ASGI path a writer task runs for the connection's life. On the direct path
+        a writer exists only while frames wait for a full socket buffer to drain.
+        """
+        if self._closing:
+            return
+        if self._direct is not None:
+            self._direct_ready = self._direct
+            if self._queue:
+                self._flush()
+        elif self._writer is None:
             self._writer = asyncio.create_task(self._write_loop(), name=f"fanout-writer-{self.id}")
 
     def offer(self, message: Message) -> bool:
@@ -117,9 +144,20 @@ class Connection:
             return False
         queue.append(message)
         self._queued_bytes += message.size
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        direct = self._direct_ready
+        if direct is not None:
+            # Cork: what is offered in one loop iteration goes out in one write, at its end.
+            if self._writer is not None and not self._writer.done():
+                pass  # a drain task waits for the socket and will take these too
+            elif len(queue) >= CORK_MAX_FRAMES and direct.can_write():
+                self._write_queued(direct)  # many senders in one iteration: don't wait
+            elif not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+        else:
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
         return True
 
     def close(self, code: int, reason: str = "") -> None:
@@ -151,6 +189,45 @@ class Connection:
         if self._transport is not None:
             # The peer has close_timeout to take the close handshake; then the socket goes.
             asyncio.get_running_loop().call_later(self._limits.close_timeout, self._transport.abort)
+
+    def _flush(self) -> None:
+        """Write every queued frame at once, or leave them to a drain task if the socket is full."""
+        self._flush_scheduled = False
+        direct = self._direct_ready
+        if self._closing or direct is None or not self._queue:
+            return
+        if not direct.can_write():
+            if not direct.is_open():
+                self._closing = True
+                self._discard_queue()
+            elif self._writer is None or self._writer.done():
+                self._writer = asyncio.create_task(
+                    self._drain_direct(), name=f"fanout-drain-{self.id}"
+                )
+            return
+        self._write_queued(direct)
+
+    def _write_queued(self, direct: DirectWriter) -> None:
+        queue = self._queue
+        if len(queue) == 1:
+            direct.write(queue[0].frame)
+        else:
+            direct.write(b"".join([m.frame for m in queue]))
+        self._counters.delivered += len(queue)
+        queue.clear()
+        self._queued_bytes = 0
+
+    async def _drain_direct(self) -> None:
+        """Wait for a full socket buffer to drain, then write what queued up meanwhile."""
+        direct = self._direct_ready
+        assert direct is not None
+        while self._queue and not self._closing:
+            await direct.wait_writable()
+            if self._closing or not direct.is_open():
+                self._closing = True
+                self._discard_queue()
+                return
+            self._write_queued(direct)
 
     def _overflow(self) -> None:
         dropped = len(self._queue) + 1
