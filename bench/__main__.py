@@ -47,6 +47,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-pin", action="store_true", help="do not pin server/clients to cores")
     g.add_argument("--procs", type=int, default=2, help="subscriber client processes (default 2)")
     g.add_argument("--path", default="/ws/broadcast", help="WebSocket path (default /ws/broadcast)")
+    g.add_argument(
+        "--save",
+        action="store_true",
+        help="also keep the result as bench/results/extra-<scenario>-<server>.json for the report",
+    )
 
 
 @contextlib.contextmanager
@@ -213,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         else:  # pragma: no cover - argparse rejects it
             raise SystemExit(f"unknown scenario {args.cmd}")
     emit(r)
+    if args.save:
+        r["command"] = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        servers.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        out = servers.RESULTS_DIR / f"extra-{r['scenario']}-{r['server']}.json"
+        out.write_text(json.dumps(r, indent=1))
     return 0
 
 

@@ -17,7 +17,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PEERS = Path(__file__).resolve().parent / "peers"
 NODE_DIR = PEERS / "node_ws"
-LOG_DIR = REPO / "bench" / "results" / "logs"
+RESULTS_DIR = REPO / "bench" / "results"
+LOG_DIR = RESULTS_DIR / "logs"
+# Servers run from this directory (default: the repository). Point BENCH_FANOUT_DIR at an
+# exported commit (`git archive HEAD | tar -x -C DIR`) to benchmark a fixed version.
+APP_DIR = Path(os.environ.get("BENCH_FANOUT_DIR", str(REPO)))
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -265,7 +269,7 @@ def start_server(
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             argv,
-            cwd=REPO,
+            cwd=APP_DIR,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -1,0 +1,193 @@
+"""Side-by-side runs: the same scenarios against Fanout and reference servers,
+alternating servers, repeated, saved as one JSON file for ``python -m bench report``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import scenarios, servers
+from bench.summary import summarize
+
+RESULTS = servers.REPO / "bench" / "results"
+DEFAULT_SERVERS = ["fanout", "fanout-wN", "node-ws", "websockets", "naive-starlette"]
+# Broadcast scenarios need every subscriber to share one broadcast; with FANOUT_BACKEND=memory://
+# each worker of a multi-worker Fanout is its own island, so those run one-worker servers only.
+BROADCAST = {"fanout", "latency"}
+
+
+@dataclass
+class Item:
+    key: str
+    scenario: str
+    run: Callable[[scenarios.Target], dict[str, Any]]
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def plan(quick: bool, subscribers: list[int]) -> list[Item]:
+    d = 2.0 if quick else 3.0
+    items = [
+        Item(
+            f"fanout-{n}",
+            "fanout",
+            lambda t, n=n: scenarios.fanout(t, subscribers=n, duration=d, warmup=1.0),
+            {"subscribers": n, "duration": d},
+        )
+        for n in subscribers
+    ]
+    rates = [20.0, 50.0, 100.0]
+    items.append(
+        Item(
+            "latency",
+            "latency",
+            lambda t: scenarios.latency(t, subscribers=1000, rates=rates, duration=d, warmup=0.5),
+            {"subscribers": 1000, "rates": rates, "duration": d},
+        )
+    )
+    steps = [1000, 5000, 10000]
+    items.append(
+        Item(
+            "memory",
+            "memory",
+            lambda t: scenarios.memory(t, steps=steps, settle=1.5),
+            {"steps": steps},
+        )
+    )
+    items.append(
+        Item(
+            "connect",
+            "connect",
+            lambda t: scenarios.connect_rate(t, connections=5000),
+            {"connections": 5000},
+        )
+    )
+    return items
+
+
+def _version(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    versions: dict[str, str] = {"python": platform.python_version()}
+    for mod in ("uvicorn", "starlette", "websockets", "uvloop", "httptools"):
+        try:
+            from importlib.metadata import version
+
+            versions[mod] = version(mod)
+        except Exception:
+            versions[mod] = "?"
+    versions["node"] = _version(["node", "--version"])
+    ws_pkg = servers.NODE_DIR / "node_modules" / "ws" / "package.json"
+    if ws_pkg.exists():
+        versions["ws (npm)"] = json.loads(ws_pkg.read_text()).get("version", "?")
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_gib, 1),
+        "kernel": platform.release(),
+        "os": _version(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
+        "fd_limit": scenarios.raise_fd_limit(),
+        "versions": versions,
+        "commit": _version(["git", "-C", str(servers.REPO), "rev-parse", "--short", "HEAD"]),
+        "server_dir": str(servers.APP_DIR),
+        "server_commit": os.environ.get("BENCH_FANOUT_COMMIT", ""),
+    }
+
+
+def main(args: argparse.Namespace) -> None:
+    specs = servers.server_specs(args.workers)
+    names = [
+        s.replace("fanout-wN", f"fanout-w{args.workers}") for s in (args.servers or DEFAULT_SERVERS)
+    ]
+    for n in names:
+        if n not in specs:
+            raise SystemExit(f"unknown server {n!r}; choose from {', '.join(specs)}")
+    items = plan(args.quick, args.subscribers or [100, 1000, 5000, 10000])
+    runs: list[dict[str, Any]] = []
+    todo = [
+        (item, rep, names[(i + rep) % len(names) :] + names[: (i + rep) % len(names)])
+        for rep in range(args.repeats)
+        for i, item in enumerate(items)
+    ]
+    total = sum(
+        1
+        for item, _, order in todo
+        for n in order
+        if not (specs[n].workers > 1 and item.scenario in BROADCAST)
+    )
+    out = Path(args.out) if args.out else RESULTS / f"compare-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc: dict[str, Any] = {
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": "python -m bench " + " ".join(sys.argv[1:]),
+        "machine": machine_info(),
+        "servers": {n: specs[n].description for n in names},
+        "plan": [{"key": i.key, "scenario": i.scenario, "params": i.params} for i in items],
+        "repeats": args.repeats,
+        "pinning": "one-worker servers on core 0, client processes on core 1 (taskset)",
+        "runs": runs,
+    }
+    done = 0
+    t_start = time.monotonic()
+    for item, rep, order in todo:
+        for name in order:
+            spec = specs[name]
+            if spec.workers > 1 and item.scenario in BROADCAST:
+                continue
+            done += 1
+            elapsed = time.monotonic() - t_start
+            print(
+                f"[{done}/{total} {elapsed:5.0f}s] {item.key} on {name} (repeat {rep + 1})",
+                file=sys.stderr,
+                flush=True,
+            )
+            pin = spec.workers == 1 and (os.cpu_count() or 1) >= 2
+            entry: dict[str, Any] = {"key": item.key, "server": name, "repeat": rep}
+            try:
+                with servers.running(spec, cpus=[0] if pin else None) as srv:
+                    target = scenarios.Target(
+                        port=srv.port,
+                        name=name,
+                        rss_kb=srv.rss_kb,
+                        cpu_seconds=srv.cpu_seconds,
+                        client_cpus=[1] if pin else None,
+                    )
+                    result = item.run(target)
+                    entry["server_alive_after"] = srv.alive()
+                entry["result"] = result
+                print("   " + summarize(result), file=sys.stderr, flush=True)
+            except Exception as exc:
+                entry["error"] = f"{type(exc).__name__}: {exc}"
+                print(f"   FAILED: {entry['error']}", file=sys.stderr, flush=True)
+                traceback.print_exc(limit=3, file=sys.stderr)
+            runs.append(entry)
+            out.write_text(json.dumps(doc, indent=1))
+    doc["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    doc["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    out.write_text(json.dumps(doc, indent=1))
+    print(f"wrote {out} ({len(runs)} runs in {doc['elapsed_s']} s)", file=sys.stderr)
+    print(json.dumps({"results": str(out), "runs": len(runs), "elapsed_s": doc["elapsed_s"]}))
