@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+_GROUP_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 
 
 class SettingsError(ValueError):
@@ -18,8 +20,9 @@ class SettingsError(ValueError):
 class Settings:
     """Runtime configuration; each field is read from ``FANOUT_<FIELD NAME IN CAPITALS>``."""
 
-    backend: str = "memory://"
-    """Where messages go beyond this process: memory:// (one process)."""
+    backend: str = "local://"
+    """Where messages go beyond this process: memory:// (one process), local:// (the workers
+    of one server on one host, no external service), redis://host:port/db (several hosts)."""
     max_message_bytes: int = 1_048_576
     """Largest message a client may send; larger ones close the socket with 1009."""
     outbox_max_messages: int = 1024
@@ -36,6 +39,25 @@ class Settings:
     """Level of the 'fanout' logger."""
     gc_freeze: bool = True
     """Move start-up objects out of the garbage collector's reach (shorter GC pauses)."""
+    local_dir: str = ""
+    """local://: folder for the workers' Unix sockets; empty means $XDG_RUNTIME_DIR/fanout,
+    or /tmp/fanout-<uid> where that is unset."""
+    local_group: str = ""
+    """local://: name of the group of workers that join each other; empty means the workers
+    of one uvicorn supervisor (a single-process server is a group of one)."""
+    local_peer_buffer_bytes: int = 8_388_608
+    """local://: bytes that may wait for one sibling worker before its link is dropped and
+    reconnected (the slow-peer policy)."""
+    local_scan_interval: float = 0.5
+    """local://: seconds between scans of the socket folder for new or vanished siblings."""
+    heartbeat_interval: float = 1.0
+    """Seconds between the figures each worker shares with the others for /stats."""
+    heartbeat_expiry: float = 3.5
+    """Seconds after its last heartbeat that a silent worker is dropped from /stats."""
+    redis_publish_queue: int = 10_000
+    """redis://: messages that may wait to be published; beyond it they are dropped (counted)."""
+    redis_reconnect_max: float = 2.0
+    """redis://: longest pause, in seconds, between attempts to reconnect to Redis."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -63,6 +85,21 @@ class Settings:
             raise SettingsError("FANOUT_CLOSE_TIMEOUT must be > 0")
         if self.stats_log_interval < 0:
             raise SettingsError("FANOUT_STATS_LOG_INTERVAL must be >= 0")
+        for name in (
+            "local_peer_buffer_bytes",
+            "local_scan_interval",
+            "heartbeat_interval",
+            "redis_publish_queue",
+            "redis_reconnect_max",
+        ):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"FANOUT_{name.upper()} must be > 0")
+        if self.heartbeat_expiry <= self.heartbeat_interval:
+            raise SettingsError("FANOUT_HEARTBEAT_EXPIRY must be > FANOUT_HEARTBEAT_INTERVAL")
+        if self.local_group and not _GROUP_NAME.fullmatch(self.local_group):
+            raise SettingsError(
+                "FANOUT_LOCAL_GROUP must be 1-64 of [A-Za-z0-9_.-], not starting with a dot"
+            )
 
 
 def _parse(name: str, kind: object, raw: str) -> object:

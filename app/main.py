@@ -22,11 +22,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """Build the app; its services are created and stopped by the lifespan."""
     settings = settings if settings is not None else Settings.from_env()
     configure_logging(settings.log_level)
-    create_backend(settings.backend)  # fail at import on a bad FANOUT_BACKEND, not later
+    create_backend(settings)  # fail at import on a bad FANOUT_BACKEND, not later
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        service = BroadcastService(settings, create_backend(settings.backend))
+        service = BroadcastService(settings, create_backend(settings))
         await service.start()
         app.state.broadcast = service
         if settings.gc_freeze:

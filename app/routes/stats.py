@@ -10,8 +10,13 @@ from app.routes.context import broadcast_service
 
 
 async def stats(request: Request) -> JSONResponse:
-    """This worker's connections, channels, message counts and backend status."""
-    return JSONResponse(broadcast_service(request).snapshot())
+    """Connections, channels and message counts of every worker of the cluster.
+
+    Totals sum every live worker's figures (this worker's live, the others' as of their last
+    heartbeat); ``worker``, ``backend`` and ``uptime_seconds`` are this worker's own, and
+    ``workers`` lists each worker's.
+    """
+    return JSONResponse(broadcast_service(request).cluster_snapshot())
 
 
 async def healthz(request: Request) -> JSONResponse:

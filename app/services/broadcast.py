@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import os
 import socket
@@ -15,7 +16,9 @@ from starlette.websockets import WebSocket
 
 from app.config import Settings
 from app.services.backends import Backend
+from app.services.backends.base import CONTROL_CHANNEL
 from app.services.close_codes import PROTOCOL_ERRORS, CloseCode
+from app.services.cluster import ClusterView
 from app.services.connection import Connection, OutboxLimits
 from app.services.counters import Counters
 from app.services.message import Message
@@ -27,6 +30,9 @@ WRITE_PATHS = ("asgi", "direct")
 """How a connection's messages reach its socket (see Connection.path)."""
 ENDPOINTS = ("broadcast", "echo")
 """Socket endpoints /stats always reports, with zero when nobody is connected."""
+
+GAP_NOTICE_TYPE = "fanout.gap"
+"""``type`` of the text message subscribers get when the backend may have lost messages."""
 
 
 class BroadcastService:
@@ -55,13 +61,23 @@ class BroadcastService:
         self._started_at = time.monotonic()
         self._stats_task: asyncio.Task[None] | None = None
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.gap_notices = 0
+        """Times this worker told its clients that messages from elsewhere may be missing."""
+        self.cluster = ClusterView(
+            worker_id=self.worker_id,
+            interval=settings.heartbeat_interval,
+            expiry=settings.heartbeat_expiry,
+            publish=backend.publish,
+            snapshot=self.snapshot,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the backend and the periodic stats log line."""
+        """Start the backend, the heartbeat and the periodic stats log line."""
         self._started_at = time.monotonic()
-        await self.backend.start(self.deliver)
+        await self.backend.start(self._from_backend, self._gap)
+        await self.cluster.start()
         if self.settings.stats_log_interval > 0:
             self._stats_task = asyncio.create_task(self._log_stats(), name="fanout-stats-log")
 
@@ -72,6 +88,7 @@ class BroadcastService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._stats_task
             self._stats_task = None
+        await self.cluster.stop()
         remaining = list(self._connections.values())
         for conn in remaining:
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
@@ -187,6 +204,28 @@ class BroadcastService:
         for conn in members.values():
             conn.offer(message)
 
+    def _from_backend(self, channel: str, message: Message) -> None:
+        if channel == CONTROL_CHANNEL:
+            self.cluster.receive(message)
+        else:
+            self.deliver(channel, message)
+
+    def _gap(self, reason: str) -> None:
+        """Tell every local subscriber that messages from elsewhere may have been missed."""
+        notice = Message.from_text(
+            json.dumps({"type": GAP_NOTICE_TYPE, "reason": reason}, separators=(",", ":"))
+        )
+        self.gap_notices += 1
+        subscribers = sum(len(m) for m in self._channels.values())
+        logger.warning(
+            "backend gap (%s): telling %d subscriber(s) messages may be missing",
+            reason,
+            subscribers,
+        )
+        for members in self._channels.values():
+            for conn in members.values():
+                conn.offer(notice)
+
     def _on_slow_consumer(self, conn: Connection, dropped: int) -> None:
         self.counters.slow_consumer_disconnects += 1
         self.counters.dropped += dropped
@@ -205,8 +244,12 @@ class BroadcastService:
         """Seconds since the service started."""
         return time.monotonic() - self._started_at
 
+    def cluster_snapshot(self) -> dict[str, Any]:
+        """/stats: this worker's figures merged with every other live worker's."""
+        return self.cluster.merged(self.snapshot())
+
     def snapshot(self) -> dict[str, Any]:
-        """This worker's figures, JSON-able, as /stats reports them."""
+        """This worker's own figures, JSON-able; the heartbeat other workers receive."""
         c = self.counters
         return {
             "uptime_seconds": round(self.uptime(), 3),
@@ -219,6 +262,7 @@ class BroadcastService:
             "channels": {name: len(m) for name, m in sorted(self._channels.items())},
             "messages": {"received": c.received, "delivered": c.delivered, "dropped": c.dropped},
             "slow_consumer_disconnects": c.slow_consumer_disconnects,
+            "gap_notices": self.gap_notices,
             "connections_opened": c.connections_opened,
             "rejected": dict(sorted(c.rejected.items())),
             "closes": {str(code): n for code, n in sorted(c.closes.items())},

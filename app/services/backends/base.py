@@ -10,18 +10,29 @@ from app.services.message import Message
 Deliver = Callable[[str, Message], None]
 """Called by a backend with each message another worker published: (channel, message)."""
 
+Gap = Callable[[str], None]
+"""Called by a backend when messages from elsewhere may have been lost: (reason)."""
+
+CONTROL_CHANNEL = "fanout:control"
+"""The channel workers share their heartbeats on. Client channel names cannot contain ':',
+so no client can subscribe or publish to it; backends carry it like any other channel and
+subscribe to it whether or not a client is there."""
+
 
 class Backend(Protocol):
     """Carries messages between workers; the local worker's delivery never goes through it.
 
-    ``publish`` must not wait: a backend buffers (bounded) and sends on its own task, so a
-    slow or absent peer can never stall a client's receive loop.
+    ``publish`` must not wait: a backend buffers (bounded) and sends on its own task or
+    transport, so a slow or absent peer can never stall a client's receive loop. A backend
+    never hands a worker its own messages back: the publishing worker has already
+    delivered them to its own clients.
     """
 
     name: str
 
-    async def start(self, deliver: Deliver) -> None:
-        """Connect, and from now on call ``deliver`` for every message from elsewhere."""
+    async def start(self, deliver: Deliver, gap: Gap) -> None:
+        """Connect, and from now on call ``deliver`` for every message from elsewhere and
+        ``gap`` whenever some of them may have been lost (a dropped link, a reconnect)."""
 
     async def stop(self) -> None:
         """Disconnect and cancel every task the backend owns."""
@@ -36,4 +47,7 @@ class Backend(Protocol):
         """This worker's last local subscriber on ``channel`` has gone."""
 
     def status(self) -> dict[str, Any]:
-        """A JSON-able description of the backend's health for /stats and /healthz."""
+        """A JSON-able description of the backend's health for /stats and /healthz.
+
+        Always has ``name`` and ``status`` (``"up"`` or ``"down"``).
+        """

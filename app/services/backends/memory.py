@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.services.backends.base import Deliver
+from app.services.backends.base import Deliver, Gap
 from app.services.message import Message
 
 
@@ -13,7 +13,7 @@ class MemoryBackend:
 
     name = "memory"
 
-    async def start(self, deliver: Deliver) -> None:
+    async def start(self, deliver: Deliver, gap: Gap) -> None:
         """Nothing to connect to."""
 
     async def stop(self) -> None:

@@ -1,0 +1,158 @@
+"""Cluster-wide figures for /stats: every worker shares its own over the backend.
+
+Each worker publishes a heartbeat (its snapshot) on the backend's control channel every
+FANOUT_HEARTBEAT_INTERVAL seconds and keeps the latest heartbeat of every other worker; one
+not heard from for FANOUT_HEARTBEAT_EXPIRY seconds is forgotten, and a worker that stops
+cleanly says goodbye so it is forgotten at once. /stats then answers the same on every
+worker: this worker's live figures plus the others' as of their last heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from app.services.backends.base import CONTROL_CHANNEL
+from app.services.message import Message
+
+logger = logging.getLogger("fanout")
+
+MAX_PEERS = 4096
+"""More workers than this in one cluster is a misconfiguration (or noise): ignore the rest."""
+
+SUMMED = ("slow_consumer_disconnects", "connections_opened")
+"""Per-worker numbers whose cluster figure is the sum."""
+SUMMED_MAPS = ("channels", "messages", "rejected", "closes", "http_errors")
+"""Per-worker maps whose cluster figure is the sum per key."""
+
+
+class ClusterView:
+    """This worker's heartbeat task and the latest heartbeat of every other worker."""
+
+    def __init__(
+        self,
+        *,
+        worker_id: str,
+        interval: float,
+        expiry: float,
+        publish: Callable[[str, Message], None],
+        snapshot: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.worker_id = worker_id
+        self.interval = interval
+        self.expiry = expiry
+        self._publish = publish
+        self._snapshot = snapshot
+        self._peers: dict[str, tuple[float, dict[str, Any]]] = {}
+        """Other workers' snapshots by worker id, with the monotonic time they arrived."""
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Announce this worker now and every ``interval`` seconds."""
+        self._send_heartbeat()
+        self._task = asyncio.create_task(self._beat(), name="fanout-heartbeat")
+
+    async def stop(self) -> None:
+        """Stop the heartbeat and tell the others to forget this worker."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._send({"type": "bye", "id": self.worker_id})
+
+    def receive(self, message: Message) -> None:
+        """Take a control message from another worker."""
+        try:
+            body = json.loads(message.data)
+            kind = body["type"]
+            worker_id = body["id"]
+            if not isinstance(worker_id, str) or worker_id == self.worker_id:
+                return
+            if kind == "heartbeat":
+                stats = body["stats"]
+                if not isinstance(stats, dict):
+                    raise TypeError("stats is not an object")
+                known = worker_id in self._peers
+                if known or len(self._peers) < MAX_PEERS:
+                    self._peers[worker_id] = (time.monotonic(), stats)
+                if not known:
+                    # A newcomer (or one back after expiry): answer at once, so it counts this
+                    # worker now rather than at this worker's next beat.
+                    self._send_heartbeat()
+            elif kind == "bye":
+                self._peers.pop(worker_id, None)
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("ignoring a malformed control message: %s", exc)
+
+    def peers(self) -> list[tuple[float, dict[str, Any]]]:
+        """Other workers' (heartbeat age in seconds, snapshot), expired entries dropped."""
+        now = time.monotonic()
+        expired = [wid for wid, (at, _) in self._peers.items() if now - at > self.expiry]
+        for wid in expired:
+            del self._peers[wid]
+        return [(now - at, stats) for at, stats in self._peers.values()]
+
+    def merged(self, own: dict[str, Any]) -> dict[str, Any]:
+        """/stats: ``own`` (this worker's live snapshot) merged with every live peer's."""
+        peers = self.peers()
+        everyone = [own, *(stats for _, stats in peers)]
+        result = dict(own)
+        result["connections"] = _sum_section([stats.get("connections", {}) for stats in everyone])
+        for key in SUMMED:
+            result[key] = sum(int(stats.get(key, 0)) for stats in everyone)
+        for key in SUMMED_MAPS:
+            summed: Counter[str] = Counter()
+            for stats in everyone:
+                summed.update(stats.get(key, {}))
+            result[key] = dict(sorted(summed.items()))
+        workers = [_worker_entry(own, 0.0)]
+        workers += [_worker_entry(stats, age) for age, stats in peers]
+        workers.sort(key=lambda w: (str(w.get("host")), int(w.get("pid") or 0)))
+        result["workers"] = workers
+        result["cluster"] = {
+            "workers": len(workers),
+            "hosts": len({w.get("host") for w in workers}),
+            "heartbeat_interval_seconds": self.interval,
+            "expiry_seconds": self.expiry,
+        }
+        return result
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self._send_heartbeat()
+
+    def _send_heartbeat(self) -> None:
+        self._send({"type": "heartbeat", "id": self.worker_id, "stats": self._snapshot()})
+
+    def _send(self, body: dict[str, Any]) -> None:
+        self._publish(CONTROL_CHANNEL, Message.from_text(json.dumps(body, separators=(",", ":"))))
+
+
+def _sum_section(sections: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sum numbers, and maps of numbers per key (``total``, ``by_endpoint``, ``by_path``)."""
+    result: dict[str, Any] = {}
+    for section in sections:
+        for key, value in section.items():
+            if isinstance(value, dict):
+                counts: Counter[str] = result.setdefault(key, Counter())
+                counts.update(value)
+            elif isinstance(value, int | float):
+                result[key] = result.get(key, 0) + value
+    return {k: dict(sorted(v.items())) if isinstance(v, Counter) else v for k, v in result.items()}
+
+
+def _worker_entry(stats: dict[str, Any], age: float) -> dict[str, Any]:
+    worker = dict(stats.get("worker", {}))
+    worker["backend"] = stats.get("backend")
+    worker["messages"] = stats.get("messages")
+    worker["slow_consumer_disconnects"] = stats.get("slow_consumer_disconnects", 0)
+    worker["heartbeat_age_seconds"] = round(age, 3)
+    return worker
