@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -156,7 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _terminate(signum: int, frame: object) -> None:
+    # Turn SIGTERM (e.g. from `timeout`) into SystemExit so servers and clients we
+    # started are stopped by their context managers instead of being orphaned.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
     args = build_parser().parse_args(argv)
     if args.cmd == "compare":
         from bench import runner

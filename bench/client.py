@@ -376,6 +376,21 @@ class Worker:
             await asyncio.sleep(0.05)
         return {"alive": alive, "open": self.open_count(), "total": len(self.conns)}
 
+    async def cmd_ping(self, cmd: Cmd) -> Cmd:
+        """Ping every open connection; count those whose pong comes back in time."""
+        conns = [c for c in self.conns if not c.closed]
+        marks = [c.parser.pongs for c in conns]
+        frame = wsp.encode_frame(b"bench", wsp.OP_PING)
+        for c in conns:
+            c.send(frame)
+        deadline = time.monotonic() + float(cmd.get("timeout", 10.0))
+        while True:
+            alive = sum(1 for c, m in zip(conns, marks, strict=True) if c.parser.pongs > m)
+            if alive >= len(conns) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        return {"alive": alive, "open": len(conns)}
+
     async def cmd_publish_once(self, cmd: Cmd) -> Cmd:
         for p in self.publishers[:1]:
             p.max_messages = p.sent + 1

@@ -118,16 +118,27 @@ class FrameParser:
     their payload bytes without copying payloads. With ``prefix > 0`` it also
     keeps the first ``prefix`` bytes of every data frame in ``self.prefixes``
     (the caller drains that list). Control frames are reported through
-    ``self.pings`` (payloads to answer with a pong) and ``self.closed``.
+    ``self.pings`` (payloads to answer with a pong), ``self.pongs`` and ``self.closed``.
     """
 
-    __slots__ = ("_buf", "_skip", "bytes", "closed", "frames", "pings", "prefix", "prefixes")
+    __slots__ = (
+        "_buf",
+        "_skip",
+        "bytes",
+        "closed",
+        "frames",
+        "pings",
+        "pongs",
+        "prefix",
+        "prefixes",
+    )
 
     def __init__(self, prefix: int = 0) -> None:
         self.prefix = prefix
         self.frames = 0
         self.bytes = 0
         self.closed = False
+        self.pongs = 0
         self.pings: list[bytes] = []
         self.prefixes: list[bytes] = []
         self._buf = b""
@@ -196,6 +207,8 @@ class FrameParser:
                     body = _mask(body, data[start - 4 : start])
                 if op == OP_PING:
                     self.pings.append(body)
+                elif op == OP_PONG:
+                    self.pongs += 1
                 elif op == OP_CLOSE:
                     self.closed = True
             i = end

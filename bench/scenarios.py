@@ -37,7 +37,7 @@ class Target:
 
 
 def sources_for(n: int) -> list[str]:
-    k = max(2, math.ceil(n / PER_SOURCE_MAX) + 1)
+    k = max(4, math.ceil(n / PER_SOURCE_MAX) + 1)
     return [f"127.0.0.{2 + i}" for i in range(k)]
 
 
@@ -438,7 +438,8 @@ def max_connections(
     path: str = "/ws/broadcast",
 ) -> Result:
     """Ramp up idle connections in batches until the target, a failing batch or the time
-    limit; then check with one broadcast how many are really alive."""
+    limit; then count the connections that answer a ping (alive) and those that receive one
+    broadcast (with one worker per broadcast island, only the publisher's worker's clients)."""
     deadline = time.monotonic() + time_limit
     procs = math.ceil(target_connections / PER_PROC_MAX) + 1
     steps = []
@@ -456,20 +457,22 @@ def max_connections(
         progress_done()
         status = fleet.all_subs({"op": "status"}, 30)
         open_now = sum(s["open"] for s in status)
+        rss = target.rss_kb() if target.rss_kb else None
+        pinged = sum(r["alive"] for r in fleet.all_subs({"op": "ping", "timeout": 20}, 60))
         fleet.all_subs({"op": "mark"}, 30)
         fleet.request({0: {"op": "publish_once"}}, 10)
-        alive = sum(r["alive"] for r in fleet.all_subs({"op": "alive", "timeout": 20}, 60))
-        rss = target.rss_kb() if target.rss_kb else None
+        got = sum(r["alive"] for r in fleet.all_subs({"op": "alive", "timeout": 20}, 60))
     return {
         "scenario": "maxconn",
         "server": target.name,
         "params": {"target": target_connections, "batch": batch, "procs": procs},
         "opened": have,
         "open_at_end": open_now,
-        "alive": alive,
+        "alive": pinged,
+        "received_broadcast": got,
         "steps": steps,
         "server_rss_kb": rss,
-        "kb_per_conn": round(rss / max(1, alive), 2) if rss else None,
+        "kb_per_conn": round(rss / max(1, open_now), 2) if rss else None,
     }
 
 

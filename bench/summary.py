@@ -55,7 +55,8 @@ def summarize(r: dict[str, Any]) -> str:
     if s == "maxconn":
         return (
             f"[maxconn] {name}: opened {r['opened']}, open at end {r['open_at_end']}, "
-            f"alive (got a broadcast) {r['alive']}; RSS {_num(r['server_rss_kb'])} KB"
+            f"alive (answered a ping) {r['alive']}, received a broadcast "
+            f"{r.get('received_broadcast')}; server RSS {_num(r['server_rss_kb'])} KB"
         )
     if s == "churn":
         return (
