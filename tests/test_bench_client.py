@@ -1,0 +1,66 @@
+"""The generator's raw client against an in-process websockets server: handshake,
+counting, payload timestamps, publishing with a window, pings."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection, broadcast, serve
+
+from bench import protocol as wsp
+from bench.client import Publisher, Worker
+
+
+class NullPipe:
+    def send(self, obj: Any) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return -1
+
+
+async def test_subscribers_count_frames_and_publisher_window() -> None:
+    clients: set[ServerConnection] = set()
+
+    async def handler(ws: ServerConnection) -> None:
+        clients.add(ws)
+        try:
+            async for m in ws:
+                broadcast(clients, m)
+        finally:
+            clients.discard(ws)
+
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        w = Worker(NullPipe(), 1, "127.0.0.1", port)  # type: ignore[arg-type]
+        subs = [
+            await w.open_one("/ws/broadcast", "sub", wsp.PAYLOAD_MIN, ["127.0.0.2"], 5)
+            for _ in range(3)
+        ]
+        w.conns.extend(subs)
+        pub_conn = await w.open_one("/ws/broadcast", "pub", wsp.PAYLOAD_MIN, [], 5)
+        pub = Publisher(pub_conn, 7, {"size": 64, "window": 4, "max_messages": 50})
+        for _ in range(100):
+            if len(clients) == 4:
+                break
+            await asyncio.sleep(0.01)
+        w.recording = True
+        now = time.monotonic()
+        pub.start(now, now + 10)
+        for _ in range(500):
+            if all(s.parser.frames >= 50 for s in subs) and pub.acked >= 50:
+                break
+            await asyncio.sleep(0.01)
+        assert pub.sent == 50 and pub.acked == 50
+        assert [s.parser.frames for s in subs] == [50, 50, 50]
+        assert all(s.parser.bytes == 50 * 64 for s in subs)
+        assert len(w.latencies) == 150 and all(x >= 0 for x in w.latencies)
+
+        # The client answers pings by itself, and counts the server's pongs.
+        ws = next(iter(clients))
+        await asyncio.wait_for(await ws.ping(), 5)
+        reply = await w.cmd_ping({"timeout": 5})
+        assert reply == {"alive": 3, "open": 3}
+        await w.cmd_close({})
