@@ -210,7 +210,8 @@ async def test_stale_sockets_of_a_crashed_run_are_removed(
 
     async def removals_reported() -> bool:
         stats = await fetch_stats(server)
-        return sum(w["backend"]["stale_sockets_removed"] for w in stats["workers"]) >= 2
+        removed = sum(int(w["backend"]["stale_sockets_removed"]) for w in stats["workers"])
+        return removed >= 2
 
     assert await eventually(removals_reported, within=10)
     stats = await fetch_stats(server)
