@@ -109,3 +109,81 @@ async def test_broadcast_encodes_once_and_shares_the_bytes() -> None:
     for c in conns:
         await service.disconnect(c, 1000)
     await service.stop()
+
+
+class FakeDirect:
+    """Stands in for uvicorn's transport on the direct path."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.open = True
+
+    def can_write(self) -> bool:
+        return self.open and self.writable.is_set()
+
+    def is_open(self) -> bool:
+        return self.open
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    async def wait_writable(self) -> None:
+        await self.writable.wait()
+
+
+def _direct_connection(direct: FakeDirect, counters: Counters, overflows: list[int]) -> Connection:
+    return Connection(
+        conn_id=2,
+        endpoint="broadcast",
+        channel="default",
+        peer="test",
+        websocket=FakeSocket(),  # type: ignore[arg-type]
+        transport=None,
+        direct=direct,  # type: ignore[arg-type]
+        limits=OutboxLimits(max_messages=4, max_bytes=10_000, close_timeout=0.1),
+        counters=counters,
+        on_overflow=lambda conn, dropped: overflows.append(dropped),
+    )
+
+
+async def test_direct_path_corks_one_loop_turn_into_one_write() -> None:
+    direct, counters, overflows = FakeDirect(), Counters(), []  # type: ignore[var-annotated]
+    conn = _direct_connection(direct, counters, overflows)
+    before_start = Message.from_text("early")
+    assert conn.offer(before_start)
+    assert direct.writes == []  # nothing goes out before the handshake completes
+    conn.start()
+    assert direct.writes == [before_start.frame]
+    messages = [Message.from_text(f"m{i}") for i in range(3)]
+    for m in messages:
+        assert conn.offer(m)
+    assert len(direct.writes) == 1  # corked until the end of this loop turn
+    await asyncio.sleep(0)
+    assert direct.writes[1] == b"".join(m.frame for m in messages)
+    assert counters.delivered == 4
+
+
+async def test_direct_path_full_socket_drains_later_and_overflows_at_the_bound() -> None:
+    direct, counters, overflows = FakeDirect(), Counters(), []  # type: ignore[var-annotated]
+    conn = _direct_connection(direct, counters, overflows)
+    conn.start()
+    direct.writable.clear()  # the client's socket buffer is full
+    for i in range(4):
+        assert conn.offer(Message.from_bytes(bytes([i])))
+    await asyncio.sleep(0.01)
+    assert direct.writes == [] and conn.pending == 4
+    direct.writable.set()  # it read: everything queued goes out in one write
+    await asyncio.sleep(0.01)
+    assert direct.writes == [b"".join(Message.from_bytes(bytes([i])).frame for i in range(4))]
+    direct.writable.clear()
+    for _ in range(4):
+        assert conn.offer(Message.from_bytes(b"x"))
+    await asyncio.sleep(0.01)
+    assert not conn.offer(Message.from_bytes(b"over"))  # fifth while stuck: slow consumer
+    assert overflows == [5]
+    assert conn.close_code == 4008
+    direct.writable.set()
+    await conn.finish()
+    assert len(direct.writes) == 1  # nothing of the dropped outbox was written

@@ -50,6 +50,8 @@ class Connection:
         "_direct_ready",
         "_flush_scheduled",
         "_limits",
+        "_max_bytes",
+        "_max_messages",
         "_on_overflow",
         "_queue",
         "_queued_bytes",
@@ -89,6 +91,8 @@ class Connection:
         self._direct_ready: DirectWriter | None = None
         self._flush_scheduled = False
         self._limits = limits
+        self._max_messages = limits.max_messages
+        self._max_bytes = limits.max_bytes
         self._counters = counters
         self._on_overflow = on_overflow
         self._queue: deque[Message] = deque()
@@ -135,23 +139,23 @@ class Connection:
         if self._closing:
             return False
         queue = self._queue
+        size = message.size
+        if queue:
+            # Something already waits, so a flush, drain or writer is on its way for it.
+            if len(queue) >= self._max_messages or self._queued_bytes + size > self._max_bytes:
+                self._overflow()
+                return False
+            queue.append(message)
+            self._queued_bytes += size
+            if len(queue) >= CORK_MAX_FRAMES and self._flush_scheduled:
+                self._flush()  # many senders in one loop turn: write without waiting
+            return True
         # The first message always fits, however large: the size limit bounds it already.
-        if queue and (
-            len(queue) >= self._limits.max_messages
-            or self._queued_bytes + message.size > self._limits.max_bytes
-        ):
-            self._overflow()
-            return False
         queue.append(message)
-        self._queued_bytes += message.size
-        direct = self._direct_ready
-        if direct is not None:
-            # Cork: what is offered in one loop iteration goes out in one write, at its end.
-            if self._writer is not None and not self._writer.done():
-                pass  # a drain task waits for the socket and will take these too
-            elif len(queue) >= CORK_MAX_FRAMES and direct.can_write():
-                self._write_queued(direct)  # many senders in one iteration: don't wait
-            elif not self._flush_scheduled:
+        self._queued_bytes = size
+        if self._direct_ready is not None:
+            if not self._flush_scheduled and (self._writer is None or self._writer.done()):
+                # Cork: what is offered in this loop turn goes out in one write, at its end.
                 self._flush_scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush)
         else:

@@ -14,36 +14,24 @@ class Message:
     ``data`` is the UTF-8 encoding of a text message (or the bytes of a binary one),
     computed once when the message enters the worker and shared by every outbox it is
     offered to; ``text`` keeps the decoded string for the plain ASGI path. ``frame`` is
-    the complete unmasked server frame, built on first use and then written as-is to
+    the complete unmasked server frame, built once per worker and written as-is to
     every socket on the direct path (gorilla/websocket's PreparedMessage).
     """
 
-    __slots__ = ("_frame", "data", "text")
+    __slots__ = ("data", "frame", "size", "text")
 
     def __init__(self, data: bytes, text: str | None = None) -> None:
         self.data = data
         self.text = text
-        self._frame: bytes | None = None
+        self.size = len(data)
+        """Payload length in bytes, as it counts against size limits and outboxes."""
+        self.frame = build_frame(OP_TEXT if text is not None else OP_BINARY, data)
+        """The wire bytes of this message as one final, unmasked, uncompressed frame."""
 
     @property
     def is_text(self) -> bool:
         """True for a text frame, False for a binary one."""
         return self.text is not None
-
-    @property
-    def size(self) -> int:
-        """Payload length in bytes, as it counts against size limits and outboxes."""
-        return len(self.data)
-
-    @property
-    def frame(self) -> bytes:
-        """The wire bytes of this message as one final, unmasked, uncompressed frame."""
-        frame = self._frame
-        if frame is None:
-            frame = self._frame = build_frame(
-                OP_TEXT if self.text is not None else OP_BINARY, self.data
-            )
-        return frame
 
     @classmethod
     def from_text(cls, text: str) -> Message:
