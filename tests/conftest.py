@@ -27,10 +27,16 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``uvicorn app.main:app`` in a subprocess, as a user runs it."""
+    """``uvicorn app.main:app`` (or hypercorn) in a subprocess, as a user runs it."""
 
-    def __init__(self, env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        program: str = "uvicorn",
+    ) -> None:
         self.port = free_port()
+        self.program = program
         self.env = {**os.environ, "FANOUT_STATS_LOG_INTERVAL": "0", **(env or {})}
         self.args = args or []
         OUTPUT.mkdir(exist_ok=True)
@@ -46,8 +52,12 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}{path}"
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
-        cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]
-        cmd += ["--port", str(self.port), *self.args]
+        if self.program == "hypercorn":
+            cmd = [sys.executable, "-m", "hypercorn", "app.main:app"]
+            cmd += ["--bind", f"127.0.0.1:{self.port}", *self.args]
+        else:
+            cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]
+            cmd += ["--port", str(self.port), *self.args]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
@@ -86,17 +96,21 @@ class ServerProcess:
         return self.proc.returncode
 
 
-WRITE_PATHS = {
-    "direct": [],  # uvicorn's default protocol: prepared frames written to the transport
-    "asgi": ["--ws", "wsproto"],  # another protocol: the plain ASGI fallback
+SERVERS = {
+    # uvicorn's default protocol (websockets-sansio): prepared frames to the transport
+    "uvicorn": ("uvicorn", [], "direct"),
+    # other protocols and servers: the plain ASGI fallback
+    "uvicorn-wsproto": ("uvicorn", ["--ws", "wsproto"], "asgi"),
+    "hypercorn": ("hypercorn", [], "asgi"),
 }
 
 
-@pytest.fixture(scope="module", params=sorted(WRITE_PATHS))
+@pytest.fixture(scope="module", params=list(SERVERS))
 def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
-    """One server with default settings per test module, on each write path."""
-    proc = ServerProcess(args=WRITE_PATHS[request.param]).start()
-    proc.write_path = request.param
+    """One server with default settings per test module, on each write path and server."""
+    program, args, write_path = SERVERS[request.param]
+    proc = ServerProcess(args=args, program=program).start()
+    proc.write_path = write_path
     yield proc
     proc.stop()
 
