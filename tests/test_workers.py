@@ -242,3 +242,50 @@ def _leave_socket_file(path: Path) -> None:
     """A socket file nobody listens on, as a SIGKILLed worker leaves behind."""
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(path))
+
+
+async def test_sibling_that_falls_behind_is_dropped_and_told_of_the_gap(
+    start_server: Callable[..., ServerProcess], local_dir: Path
+) -> None:
+    # Two single-process servers in one named group: which client is where is known, and a
+    # stopped process has no supervisor to restart it.
+    env = {
+        "FANOUT_LOCAL_DIR": str(local_dir),
+        "FANOUT_LOCAL_GROUP": "overflow",
+        "FANOUT_LOCAL_PEER_BUFFER_BYTES": "65536",
+        **FAST_HEARTBEAT,
+    }
+    a, b = start_server(env=env), start_server(env=env)
+    assert await eventually(lambda: mesh_complete(a, 2), within=15)
+    assert b.proc is not None
+    async with (
+        websockets.connect(a.ws("/ws/broadcast"), max_size=None) as on_a,
+        websockets.connect(b.ws("/ws/broadcast"), max_size=None) as on_b,
+    ):
+        b.proc.send_signal(signal.SIGSTOP)
+        try:
+            big = b"x" * 500_000
+            for _ in range(20):  # 10 MB for a sibling that reads nothing
+                await on_a.send(big)
+                assert await on_a.recv() == big  # a's own clients are not held up
+
+            async def a_dropped_b() -> bool:
+                stats = await fetch_stats(a)
+                return int(stats["backend"]["peer_overflows"]) >= 1
+
+            assert await eventually(a_dropped_b, within=10)
+        finally:
+            b.proc.send_signal(signal.SIGCONT)
+
+        async def gap_notice() -> bool:
+            msg = await asyncio.wait_for(on_b.recv(), 15)
+            return msg == '{"type":"fanout.gap","reason":"peer_overflow"}'
+
+        assert await eventually(gap_notice, within=20), "b's client is told it missed messages"
+        assert await eventually(lambda: mesh_complete(a, 2), within=15)
+        await on_a.send("after")
+        assert await on_a.recv() == "after"
+        while (msg := await asyncio.wait_for(on_b.recv(), 10)) != "after":
+            # Still in flight before a link was dropped; or another notice, as the link may
+            # have been reopened and overflowed again while b was stopped.
+            assert msg in (big, '{"type":"fanout.gap","reason":"peer_overflow"}')
