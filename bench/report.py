@@ -92,6 +92,23 @@ def metric_rows(runs: Runs, servers: list[str]) -> list[tuple[str, dict[str, dic
                     return None
 
                 add(f"latency {pct[:3]} ms, {rate:g} msg/s to 1,000", "latency", get)
+    add("churn: connects/s while broadcasting", "churn", lambda r: r["churn_connects_per_s"])
+    add("churn: stable subscribers' delivery ratio", "churn", lambda r: r["delivery_ratio"])
+    add(
+        "churn: stable subscribers' p99 ms",
+        "churn",
+        lambda r: (r["latency"] or {}).get("p99_ms"),
+    )
+    add(
+        "slow consumers (10% stalled): others' throughput after/before",
+        "slow",
+        lambda r: r["fast_throughput_ratio"],
+    )
+    add(
+        "slow consumers: others' p99 ms after",
+        "slow",
+        lambda r: (r["after"]["latency"] or {}).get("p99_ms"),
+    )
     add("KB per idle connection", "memory", lambda r: r["kb_per_conn"])
     add("RSS MiB with 10k idle connections", "memory", lambda r: r["points"][-1]["rss_kb"] / 1024)
     add("connects/s (5,000 connections)", "connect", lambda r: r["connects_per_s"])

@@ -24,7 +24,7 @@ RESULTS = servers.REPO / "bench" / "results"
 DEFAULT_SERVERS = ["fanout", "fanout-wN", "node-ws", "websockets", "naive-starlette"]
 # Broadcast scenarios need every subscriber to share one broadcast; with FANOUT_BACKEND=memory://
 # each worker of a multi-worker Fanout is its own island, so those run one-worker servers only.
-BROADCAST = {"fanout", "latency"}
+BROADCAST = {"fanout", "latency", "churn", "slow"}
 
 
 @dataclass
@@ -70,6 +70,22 @@ def plan(quick: bool, subscribers: list[int]) -> list[Item]:
             "connect",
             lambda t: scenarios.connect_rate(t, connections=5000),
             {"connections": 5000},
+        )
+    )
+    items.append(
+        Item(
+            "churn",
+            "churn",
+            lambda t: scenarios.churn(t, subscribers=1000, churners=50, rate=50.0, duration=d),
+            {"subscribers": 1000, "churners": 50, "hold": 0.2, "rate": 50.0, "duration": d},
+        )
+    )
+    items.append(
+        Item(
+            "slow",
+            "slow",
+            lambda t: scenarios.slow_consumer(t, subscribers=1000, slow_share=0.1, duration=d),
+            {"subscribers": 1000, "slow_share": 0.1, "rate": 50.0, "size": 1024, "duration": d},
         )
     )
     return items

@@ -68,10 +68,13 @@ def ensure_node_ws() -> None:
     )
 
 
+# Like the peers, Fanout runs without per-connection log lines while measured.
 FANOUT_ENV = {
     "FANOUT_MAX_CONNECTIONS": "100000",
     "FANOUT_STATS_LOG_INTERVAL": "0",
+    "FANOUT_LOG_LEVEL": "warning",
 }
+_ENV_NOTE = " ".join(f"{k}={v}" for k, v in FANOUT_ENV.items())
 
 
 def server_specs(workers: int = 2) -> dict[str, ServerSpec]:
@@ -81,14 +84,14 @@ def server_specs(workers: int = 2) -> dict[str, ServerSpec]:
             "fanout",
             _uvicorn("app.main:app"),
             dict(FANOUT_ENV),
-            description="Fanout, 1 uvicorn worker",
+            description=f"Fanout, 1 uvicorn worker ({_ENV_NOTE})",
         ),
         f"fanout-w{workers}": ServerSpec(
             f"fanout-w{workers}",
             _uvicorn("app.main:app", workers),
             dict(FANOUT_ENV),
             workers=workers,
-            description=f"Fanout, {workers} uvicorn workers",
+            description=f"Fanout, {workers} uvicorn workers ({_ENV_NOTE})",
         ),
         "node-ws": ServerSpec(
             "node-ws",
