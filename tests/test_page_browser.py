@@ -332,3 +332,37 @@ def test_server_shutdown_close_code_explained(browser: Browser, tmp_path: Path) 
             page.screenshot(path=str(OUTPUT_DIR / "page_server_stopped.png"), full_page=True)
         finally:
             p.close()
+
+
+def test_chromium_with_permessage_deflate_decodes_fast_path_frames(
+    browser: Browser, page_server: str
+) -> None:
+    """Chromium negotiates permessage-deflate; the direct path's uncompressed frames decode."""
+    probe = PageProbe(browser, page_server)
+    try:
+        result = probe.page.evaluate(
+            """async () => {
+                const url = location.origin.replace(/^http/, "ws") + "/ws/broadcast/deflate";
+                const ws = new WebSocket(url);
+                await new Promise((ok, fail) => { ws.onopen = ok; ws.onerror = fail; });
+                const got = [];
+                // This server's message limit is 4096 bytes.
+                const want = ["a".repeat(3000), "héllo ✓", "z".repeat(4000)];
+                const done = new Promise((ok) => {
+                    ws.onmessage = (e) => {
+                        got.push(e.data);
+                        if (got.length === want.length) ok();
+                    };
+                });
+                for (const m of want) ws.send(m);
+                await done;
+                ws.close();
+                const same = JSON.stringify(got) === JSON.stringify(want);
+                return {extensions: ws.extensions, same};
+            }"""
+        )
+        assert "permessage-deflate" in result["extensions"]
+        assert result["same"] is True
+        assert probe.errors == []
+    finally:
+        probe.close()
