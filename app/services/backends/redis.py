@@ -105,6 +105,9 @@ class RedisBackend:
             "socket_connect_timeout": CONNECT_TIMEOUT,
         }
         self._sub_client = Redis.from_url(self._url, **options)
+        # The publisher may retry once: after an outage its pooled connection is dead, and the
+        # first publish must reconnect rather than drop. Outages are the subscriber's to see.
+        options["retry"] = Retry(NoBackoff(), 1)
         self._pub_client = Redis.from_url(self._url, socket_timeout=PUBLISH_TIMEOUT, **options)
         self._tasks = [
             asyncio.create_task(self._subscriber(), name="fanout-redis-subscriber"),
