@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import os
 import resource
+import socket
+import struct
 import time
 from collections import Counter
 from multiprocessing.connection import Connection
@@ -49,6 +51,7 @@ class WsConn(asyncio.Protocol):
         self.closing = False
         self._hbuf = b""
         self.mark = 0
+        self.rx_ns = 0  # kernel receive time (SO_TIMESTAMPNS) of the bytes being parsed
         self.publisher: Publisher | None = None
 
     # asyncio.Protocol ------------------------------------------------------
@@ -84,12 +87,17 @@ class WsConn(asyncio.Protocol):
             if self.publisher is not None:
                 self.publisher.on_messages(prefixes)
             if self.worker.recording and self.role != "pub":
-                now = time.monotonic_ns()
+                now = time.time_ns()
+                rx = self.rx_ns
+                app = self.worker.latencies_app
                 rec = self.worker.latencies
                 unpack = wsp.PAYLOAD_HEADER.unpack_from
                 for p in prefixes:
                     if len(p) >= wsp.PAYLOAD_MIN:
-                        rec.append(now - unpack(p)[0])
+                        t = unpack(p)[0]
+                        app.append(now - t)
+                        if rx:
+                            rec.append(rx - t)
         elif n and self.publisher is not None:
             self.publisher.on_messages([])
         if parser.pings:
@@ -126,6 +134,88 @@ class WsConn(asyncio.Protocol):
             self.transport.close()
 
 
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TS = struct.Struct("@qq")
+
+
+class SocketShim:
+    """The part of an asyncio transport that ``WsConn`` uses, over a non-blocking socket
+    read with ``recvmsg`` so that each read comes with its kernel receive timestamp."""
+
+    def __init__(self, sock: socket.socket, conn: WsConn, loop: asyncio.AbstractEventLoop):
+        self.sock = sock
+        self.conn = conn
+        self.loop = loop
+        self.closed = False
+        self.reading = True
+        self.fd = sock.fileno()
+        loop.add_reader(self.fd, self._readable)
+
+    def _readable(self) -> None:
+        conn = self.conn
+        for _ in range(8):  # bounded per wake-up, to stay fair to other sockets
+            try:
+                data, anc, _flags, _addr = self.sock.recvmsg(262144, 64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._lost(exc)
+                return
+            if not data:
+                self._lost(None)
+                return
+            rx = 0
+            for level, kind, raw in anc:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) >= 16:
+                    sec, nsec = _TS.unpack_from(raw)
+                    rx = sec * 1_000_000_000 + nsec
+            conn.rx_ns = rx
+            conn.data_received(data)
+            if self.closed or not self.reading:
+                return
+
+    def _lost(self, exc: Exception | None) -> None:
+        if not self.closed:
+            self._close_now()
+            self.conn.connection_lost(exc)
+
+    def _close_now(self) -> None:
+        self.closed = True
+        if self.reading:
+            self.loop.remove_reader(self.fd)
+        self.reading = False
+        self.sock.close()
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            pass  # only control frames go through here; losing one under pressure is fine
+        except OSError as exc:
+            self._lost(exc)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        if self.reading and not self.closed:
+            self.loop.remove_reader(self.fd)
+            self.reading = False
+
+    def resume_reading(self) -> None:
+        if not self.reading and not self.closed:
+            self.loop.add_reader(self.fd, self._readable)
+            self.reading = True
+
+    def close(self) -> None:
+        self._lost(None)
+
+    def abort(self) -> None:
+        self._lost(None)
+
+
 class Publisher:
     """Publishes on one connection, either with a bounded window of messages in
     flight (it is subscribed, so it sees its own messages come back) or at a fixed rate."""
@@ -148,7 +238,7 @@ class Publisher:
     def _frames(self, k: int) -> bytes:
         out = []
         for _ in range(k):
-            payload = wsp.make_payload(self.size, self.pub_id, self.sent, time.monotonic_ns())
+            payload = wsp.make_payload(self.size, self.pub_id, self.sent, time.time_ns())
             out.append(wsp.encode_frame(payload, wsp.OP_BINARY))
             self.sent += 1
         return b"".join(out)
@@ -211,6 +301,7 @@ class Worker:
         self.publishers: list[Publisher] = []
         self.recording = False
         self.latencies: list[int] = []
+        self.latencies_app: list[int] = []
         self.done: asyncio.Future[None] | None = None
         self._src_i = worker_id
         self.fd_limit = raise_fd_limit()
@@ -243,6 +334,34 @@ class Worker:
                 holder[0].abort()
             raise
 
+    async def open_one_ts(
+        self, path: str, role: str, prefix: int, sources: list[str], limit_s: float
+    ) -> WsConn:
+        """Like ``open_one`` on a plain socket with SO_TIMESTAMPNS: every read carries the
+        kernel's receive time, so latency excludes the generator's own processing delay."""
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if sources:
+                sock.bind((sources[self._src_i % len(sources)], 0))
+                self._src_i += 1
+            await asyncio.wait_for(loop.sock_connect(sock, (self.host, self.port)), limit_s)
+        except BaseException:
+            sock.close()
+            raise
+        conn = WsConn(self, path, role, prefix)
+        shim = SocketShim(sock, conn, loop)
+        conn.connection_made(shim)  # type: ignore[arg-type]
+        try:
+            await asyncio.wait_for(asyncio.shield(conn.ready), limit_s)
+        except BaseException:
+            shim.abort()
+            raise
+        return conn
+
     async def cmd_connect(self, cmd: Cmd) -> Cmd:
         n = int(cmd["n"])
         role = str(cmd.get("role", "sub"))
@@ -250,6 +369,7 @@ class Worker:
         prefix = int(cmd.get("prefix", 0))
         sources = list(cmd.get("sources", []))
         timeout = float(cmd.get("timeout", 10.0))
+        opener = self.open_one_ts if cmd.get("kernel_ts") else self.open_one
         deadline = time.monotonic() + float(cmd.get("deadline", 60.0))
         sem = asyncio.Semaphore(int(cmd.get("concurrency", 200)))
         errors: Counter[str] = Counter()
@@ -265,7 +385,7 @@ class Worker:
                     return
                 t = time.monotonic()
                 try:
-                    c = await self.open_one(path, role, prefix, sources, timeout)
+                    c = await opener(path, role, prefix, sources, timeout)
                 except Exception as exc:
                     errors[_err_name(exc)] += 1
                     return
@@ -317,6 +437,7 @@ class Worker:
         cpu0 = time.process_time()
         wall0 = time.monotonic()
         self.latencies = []
+        self.latencies_app = []
         self.recording = bool(cmd.get("latency", False))
         await _sleep_until(t1)
         self.recording = False
@@ -331,8 +452,8 @@ class Worker:
                 continue
             per.append(c.parser.frames - b)
             closed += c.closed
-        lat = self.latencies
-        self.latencies = []
+        lat, lat_app = self.latencies, self.latencies_app
+        self.latencies, self.latencies_app = [], []
         fast_roles = [c for c in self.conns if c.role != "slow"]
         return {
             "frames": sum(per),
@@ -345,6 +466,7 @@ class Worker:
             "lost": sum(1 for c in fast_roles if c.lost_unexpectedly),
             "sent": sum(p.sent for p in self.publishers) - sent0,
             "latencies": lat,
+            "latencies_app": lat_app,
             "cpu_s": cpu1 - cpu0,
             "wall_s": wall1 - wall0,
         }

@@ -112,6 +112,11 @@ def metric_rows(runs: Runs, servers: list[str]) -> list[tuple[str, dict[str, dic
     add("KB per idle connection", "memory", lambda r: r["kb_per_conn"])
     add("RSS MiB with 10k idle connections", "memory", lambda r: r["points"][-1]["rss_kb"] / 1024)
     add("connects/s (5,000 connections)", "connect", lambda r: r["connects_per_s"])
+    add(
+        "connects/s (5k more on top of 5k open)",
+        "memory",
+        lambda r: r.get("connects_per_s"),
+    )
     return rows
 
 
@@ -336,8 +341,8 @@ frame counted by parsing its header.
 
 {table(runs, servers)}
 
-Multi-worker Fanout (`fanout-w*`) runs only the scenarios that do not need one shared broadcast:
-with the default `FANOUT_BACKEND=memory://` each worker delivers to its own clients only.
+Multi-worker Fanout (`fanout-w*`) is not pinned (its workers and the clients share both
+cores); its workers share broadcasts through its default `FANOUT_BACKEND=local://`.
 
 ![throughput](bench-throughput.png)
 ![latency](bench-latency.png)
@@ -355,8 +360,12 @@ with the default `FANOUT_BACKEND=memory://` each worker delivers to its own clie
 
 - Load generator: `bench/` (asyncio + uvloop, raw `asyncio.Protocol` clients doing the HTTP
   upgrade themselves, several client processes, loopback source addresses 127.0.0.2+).
-- Latency is publish-to-receive from a monotonic timestamp in the payload; it includes the
-  generator's own receive path (thousands of sockets read by one core).
+- Latency is publish-to-receive: the publisher writes `time.time_ns()` into the payload just
+  before sending; the subscribers' sockets carry the kernel's receive timestamp
+  (`SO_TIMESTAMPNS`), so the figure excludes the generator's own processing delay. The same
+  percentiles taken when the generator parses the frame are in the JSON as `latency_app`.
+- The machine may be shared: each run records the 1-minute load average before it starts
+  (`loadavg_before` in the JSON); the spread column shows how much runs disagreed.
 - Memory is the server's RSS summed over its process tree (`/proc/PID/status`), before and after
   opening the idle connections; KB per connection = growth / connections.
 - Plan:

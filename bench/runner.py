@@ -22,9 +22,6 @@ from bench.summary import summarize
 
 RESULTS = servers.REPO / "bench" / "results"
 DEFAULT_SERVERS = ["fanout", "fanout-wN", "node-ws", "websockets", "naive-starlette"]
-# Broadcast scenarios need every subscriber to share one broadcast; with FANOUT_BACKEND=memory://
-# each worker of a multi-worker Fanout is its own island, so those run one-worker servers only.
-BROADCAST = {"fanout", "latency", "churn", "slow"}
 
 
 @dataclass
@@ -60,16 +57,8 @@ def plan(quick: bool, subscribers: list[int]) -> list[Item]:
         Item(
             "memory",
             "memory",
-            lambda t: scenarios.memory(t, steps=steps, settle=1.5),
-            {"steps": steps},
-        )
-    )
-    items.append(
-        Item(
-            "connect",
-            "connect",
-            lambda t: scenarios.connect_rate(t, connections=5000),
-            {"connections": 5000},
+            lambda t: scenarios.memory(t, steps=steps, settle=1.0 if quick else 2.0),
+            {"steps": steps, "settle": 1.0 if quick else 2.0},
         )
     )
     items.append(
@@ -149,12 +138,7 @@ def main(args: argparse.Namespace) -> None:
         for rep in range(args.repeats)
         for i, item in enumerate(items)
     ]
-    total = sum(
-        1
-        for item, _, order in todo
-        for n in order
-        if not (specs[n].workers > 1 and item.scenario in BROADCAST)
-    )
+    total = sum(len(order) for _, _, order in todo)
     out = Path(args.out) if args.out else RESULTS / f"compare-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {
@@ -172,8 +156,6 @@ def main(args: argparse.Namespace) -> None:
     for item, rep, order in todo:
         for name in order:
             spec = specs[name]
-            if spec.workers > 1 and item.scenario in BROADCAST:
-                continue
             done += 1
             elapsed = time.monotonic() - t_start
             print(
@@ -183,6 +165,8 @@ def main(args: argparse.Namespace) -> None:
             )
             pin = spec.workers == 1 and (os.cpu_count() or 1) >= 2
             entry: dict[str, Any] = {"key": item.key, "server": name, "repeat": rep}
+            t_run = time.monotonic()
+            entry["loadavg_before"] = os.getloadavg()[0]
             try:
                 with servers.running(spec, cpus=[0] if pin else None) as srv:
                     target = scenarios.Target(
@@ -200,6 +184,7 @@ def main(args: argparse.Namespace) -> None:
                 entry["error"] = f"{type(exc).__name__}: {exc}"
                 print(f"   FAILED: {entry['error']}", file=sys.stderr, flush=True)
                 traceback.print_exc(limit=3, file=sys.stderr)
+            entry["elapsed_s"] = round(time.monotonic() - t_run, 1)
             runs.append(entry)
             out.write_text(json.dumps(doc, indent=1))
     doc["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

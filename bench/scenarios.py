@@ -225,6 +225,8 @@ def measure(
     replies = [fleet.recv(i, "measure", deadline) for i in range(len(fleet.pipes))]
     pub, subs = replies[0], replies[1:]
     lat = stats.merge_samples([r["latencies"] for r in subs])
+    lat_app = stats.merge_samples([r["latencies_app"] for r in subs])
+    source = "kernel" if lat else "app"
     frames = sum(r["frames"] for r in replies)
     receivers = sum(r["conns"] for r in replies)
     sent = pub["sent"]
@@ -243,7 +245,9 @@ def measure(
         "lost_connections": sum(r["lost"] for r in replies),
         "client_cpu_util": round(client_cpu / duration, 3),
         "core_util": cores,
-        "latency": stats.latency_summary(lat) if latency else None,
+        "latency": stats.latency_summary(lat or lat_app) if latency else None,
+        "latency_source": source if latency else None,
+        "latency_app": stats.latency_summary(lat_app) if latency else None,
     }
     if cpu0 is not None and cpu1 is not None:
         out["server_cpu_util"] = round((cpu1 - cpu0) / duration, 3)
@@ -327,7 +331,7 @@ def latency(
     """Fixed publish rate(s); publish-to-receive latency from timestamps in the payload."""
     phases = []
     with Fleet(target, _procs_for(subscribers, procs)) as fleet:
-        conn = fleet.connect_subs(subscribers, prefix=PAYLOAD_MIN, path=path)
+        conn = fleet.connect_subs(subscribers, prefix=PAYLOAD_MIN, path=path, kernel_ts=True)
         _check_connected(conn, subscribers, "subscriber")
         fleet.connect_pubs(1, {"size": size, "path": path})
         for r in rates:
@@ -387,6 +391,9 @@ def memory(
                     "rss_kb": rss,
                     "kb_per_conn": round((rss - base) / max(1, have - 50), 2),
                     "connect_errors": conn["errors"],
+                    "connects_per_s": round(conn["ok"] / conn["elapsed"], 1)
+                    if conn["elapsed"]
+                    else None,
                 }
             )
             progress(f"  memory {target.name}: {have} conns, {rss / 1024:.1f} MiB")
@@ -400,6 +407,7 @@ def memory(
         "points": points,
         "kb_per_conn": last["kb_per_conn"],
         "connections": last["connections"],
+        "connects_per_s": last["connects_per_s"],
     }
 
 
@@ -490,7 +498,7 @@ def churn(
     """Stable subscribers receive a fixed-rate broadcast while other clients keep
     connecting and disconnecting."""
     with Fleet(target, _procs_for(subscribers, procs)) as fleet:
-        conn = fleet.connect_subs(subscribers, prefix=PAYLOAD_MIN, path=path)
+        conn = fleet.connect_subs(subscribers, prefix=PAYLOAD_MIN, path=path, kernel_ts=True)
         _check_connected(conn, subscribers, "subscriber")
         fleet.connect_pubs(1, {"size": size, "path": path})
         now = time.monotonic()
@@ -551,7 +559,7 @@ def slow_consumer(
     n_fast = subscribers - n_slow
     publish = {"size": size, "rate": rate, "window": 0}
     with Fleet(target, _procs_for(subscribers, procs)) as fleet:
-        conn = fleet.connect_subs(n_fast, prefix=PAYLOAD_MIN, path=path)
+        conn = fleet.connect_subs(n_fast, prefix=PAYLOAD_MIN, path=path, kernel_ts=True)
         _check_connected(conn, n_fast, "subscriber")
         slow = fleet.connect_subs(n_slow, role="slow", path=path) if n_slow else {"ok": 0}
         fleet.connect_pubs(1, {"size": size, "path": path})

@@ -39,11 +39,13 @@ async def test_subscribers_count_frames_and_publisher_window() -> None:
             await w.open_one("/ws/broadcast", "sub", wsp.PAYLOAD_MIN, ["127.0.0.2"], 5)
             for _ in range(3)
         ]
+        # One subscriber on a plain socket with kernel receive timestamps.
+        subs.append(await w.open_one_ts("/ws/broadcast", "sub", wsp.PAYLOAD_MIN, [], 5))
         w.conns.extend(subs)
         pub_conn = await w.open_one("/ws/broadcast", "pub", wsp.PAYLOAD_MIN, [], 5)
         pub = Publisher(pub_conn, 7, {"size": 64, "window": 4, "max_messages": 50})
         for _ in range(100):
-            if len(clients) == 4:
+            if len(clients) == 5:
                 break
             await asyncio.sleep(0.01)
         w.recording = True
@@ -54,13 +56,15 @@ async def test_subscribers_count_frames_and_publisher_window() -> None:
                 break
             await asyncio.sleep(0.01)
         assert pub.sent == 50 and pub.acked == 50
-        assert [s.parser.frames for s in subs] == [50, 50, 50]
+        assert [s.parser.frames for s in subs] == [50, 50, 50, 50]
         assert all(s.parser.bytes == 50 * 64 for s in subs)
-        assert len(w.latencies) == 150 and all(x >= 0 for x in w.latencies)
+        assert len(w.latencies_app) == 200 and all(x >= 0 for x in w.latencies_app)
+        assert len(w.latencies) == 50, "kernel-stamped samples come from the plain socket only"
+        assert all(0 <= x < 5_000_000_000 for x in w.latencies)
 
         # The client answers pings by itself, and counts the server's pongs.
         ws = next(iter(clients))
         await asyncio.wait_for(await ws.ping(), 5)
         reply = await w.cmd_ping({"timeout": 5})
-        assert reply == {"alive": 3, "open": 3}
+        assert reply == {"alive": 4, "open": 4}
         await w.cmd_close({})
