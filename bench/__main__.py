@@ -150,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="shorter runs (about 10 minutes)")
     p.add_argument("--subscribers", type=int, nargs="+", help="fan-out sizes (100 1000 5000 10000)")
     p.add_argument("--out", help="JSON results file (default bench/results/compare-<time>.json)")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=20.0,
+        help="before each run, wait up to this many seconds for an idle machine (0: never)",
+    )
 
     p = sub.add_parser("report", help="write docs/benchmarks.md and docs/bench-*.png")
     p.add_argument("--input", help="compare results JSON (default: the newest)")

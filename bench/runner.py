@@ -80,6 +80,25 @@ def plan(quick: bool, subscribers: list[int]) -> list[Item]:
     return items
 
 
+def machine_busy(window: float = 0.5) -> float:
+    """Share of all cores busy over a short window (other people's load, between runs)."""
+    a = servers.cpu_times()
+    time.sleep(window)
+    b = servers.cpu_times()
+    busy = sum(x[0] for x in b) - sum(x[0] for x in a)
+    total = sum(x[1] for x in b) - sum(x[1] for x in a)
+    return busy / total if total else 0.0
+
+
+def wait_quiet(limit_s: float, threshold: float = 0.15) -> float:
+    """Wait (at most ``limit_s``) until the machine is idle; return the last busy share."""
+    deadline = time.monotonic() + limit_s
+    busy = machine_busy()
+    while busy > threshold and time.monotonic() < deadline:
+        busy = machine_busy(1.0)
+    return busy
+
+
 def _version(cmd: list[str]) -> str:
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
@@ -167,6 +186,13 @@ def main(args: argparse.Namespace) -> None:
             entry: dict[str, Any] = {"key": item.key, "server": name, "repeat": rep}
             t_run = time.monotonic()
             entry["loadavg_before"] = os.getloadavg()[0]
+            if args.wait_quiet > 0:
+                entry["busy_before"] = round(wait_quiet(args.wait_quiet), 3)
+                if entry["busy_before"] > 0.15:
+                    print(
+                        f"   warning: machine {entry['busy_before']:.0%} busy before this run",
+                        file=sys.stderr,
+                    )
             try:
                 with servers.running(spec, cpus=[0] if pin else None) as srv:
                     target = scenarios.Target(
