@@ -9,7 +9,9 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.routing import WebSocketRoute
 
+from app.application import FanoutApp
 from app.config import Settings
 from app.logging_setup import configure_logging
 from app.routes import broadcast, echo, errors, pages, stats
@@ -18,7 +20,7 @@ from app.services.broadcast import BroadcastService
 from app.services.server_transport import TransportProbeMiddleware
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None) -> FanoutApp:
     """Build the app; its services are created and stopped by the lifespan."""
     settings = settings if settings is not None else Settings.from_env()
     configure_logging(settings.log_level)
@@ -39,13 +41,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             await service.stop()
 
-    app = Starlette(
+    app = FanoutApp(
         routes=[*pages.routes, *stats.routes, *echo.routes, *broadcast.routes, *errors.routes],
         middleware=[Middleware(TransportProbeMiddleware)],
         exception_handlers={HTTPException: errors.http_error},
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.socket_routes = tuple(
+        r for r in (*echo.routes, *broadcast.routes) if isinstance(r, WebSocketRoute)
+    )
     return app
 
 

@@ -187,3 +187,41 @@ async def test_direct_path_full_socket_drains_later_and_overflows_at_the_bound()
     direct.writable.set()
     await conn.finish()
     assert len(direct.writes) == 1  # nothing of the dropped outbox was written
+
+
+def test_lazy_compressor_compresses_exactly_like_the_real_one() -> None:
+    from websockets.extensions.permessage_deflate import PerMessageDeflate
+    from websockets.frames import Frame, Opcode
+
+    from app.services.server_transport import _LazyCompressor
+
+    def server_side() -> PerMessageDeflate:
+        return PerMessageDeflate(False, False, 12, 12, {"memLevel": 5})
+
+    eager, lazy = server_side(), server_side()
+    lazy.encoder = _LazyCompressor(lazy)  # type: ignore[assignment]
+    client = PerMessageDeflate(False, False, 12, 12)
+    for payload in [b"hello " * 100, b"", bytes(range(256)) * 40]:
+        a = eager.encode(Frame(Opcode.TEXT, payload))
+        b = lazy.encode(Frame(Opcode.TEXT, payload))
+        assert a.data == b.data and b.rsv1
+        assert client.decode(b).data == payload
+
+
+async def test_slim_receive_queue_keeps_order_and_wakes_its_reader() -> None:
+    from app.services.server_transport import _ReceiveQueue
+
+    queue = _ReceiveQueue()
+    queue.put_nowait(1)
+    queue.put_nowait(2)
+    assert await queue.get() == 1
+    assert queue.get_nowait() == 2
+    assert queue.empty()
+    reader = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError):
+        await queue.get()  # one reader at a time, as uvicorn uses it
+    queue.put_nowait(3)
+    assert await reader == 3
+    with pytest.raises(asyncio.QueueEmpty):
+        queue.get_nowait()

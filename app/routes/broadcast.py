@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable
 
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from app.routes.context import broadcast_service
 from app.routes.session import deny, run_session
+from app.services.broadcast import BroadcastService
 from app.services.connection import Connection
 from app.services.message import Message
 
@@ -16,18 +17,17 @@ DEFAULT_CHANNEL = "default"
 CHANNEL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
-async def _serve(websocket: WebSocket, channel: str) -> None:
-    service = broadcast_service(websocket)
-
-    def publish(conn: Connection, message: Message) -> None:
-        service.publish(channel, message)
-
-    await run_session(websocket, endpoint="broadcast", channel=channel, on_message=publish)
+def _publish(service: BroadcastService, conn: Connection, message: Message) -> None:
+    assert conn.channel is not None
+    service.publish(conn.channel, message)
 
 
-async def broadcast_default(websocket: WebSocket) -> None:
+def broadcast_default(websocket: WebSocket) -> Awaitable[None]:
     """The default channel: what any client sends reaches every client, itself included."""
-    await _serve(websocket, DEFAULT_CHANNEL)
+    # Returns the session rather than awaiting it: one coroutine frame less per idle socket.
+    return run_session(
+        websocket, endpoint="broadcast", channel=DEFAULT_CHANNEL, on_message=_publish
+    )
 
 
 async def broadcast_channel(websocket: WebSocket) -> None:
@@ -36,7 +36,7 @@ async def broadcast_channel(websocket: WebSocket) -> None:
     if not CHANNEL_NAME.fullmatch(channel):
         await deny(websocket, 400, "bad_channel", "channel names are 1-64 of [A-Za-z0-9_.-]")
         return
-    await _serve(websocket, channel)
+    await run_session(websocket, endpoint="broadcast", channel=channel, on_message=_publish)
 
 
 routes: list[BaseRoute] = [

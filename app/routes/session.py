@@ -10,12 +10,20 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from app.routes.context import broadcast_service, settings_of
+from app.services.broadcast import BroadcastService
 from app.services.close_codes import CloseCode
 from app.services.connection import Connection
 from app.services.message import Message
-from app.services.server_transport import direct_writer, mark_denial_sent, transport_of
+from app.services.server_transport import (
+    direct_writer,
+    mark_denial_sent,
+    release_handshake,
+    slim_protocol,
+    transport_of,
+)
 
-OnMessage = Callable[[Connection, Message], None]
+OnMessage = Callable[[BroadcastService, Connection, Message], None]
+"""What a socket route does with each message a client sends."""
 
 YIELD_EVERY = 32
 """Messages handled before the receive loop lets the writers run.
@@ -49,6 +57,7 @@ async def run_session(
     if not service.has_capacity():
         await deny(websocket, 503, "capacity", "server at its connection limit; retry later")
         return
+    slim_protocol(websocket.scope)  # before direct_writer(), which keeps .writable
     limit = settings_of(websocket).max_message_bytes
     conn = service.connect(
         websocket,
@@ -61,6 +70,7 @@ async def run_session(
     unyielded = 0
     try:
         await websocket.accept()
+        release_handshake(websocket.scope, direct=conn.path == "direct")
         conn.start()
         receive = websocket.receive
         while True:
@@ -77,7 +87,7 @@ async def run_session(
                 conn.close(code, f"message of {message.size} bytes exceeds {limit}")
                 break
             service.received()
-            on_message(conn, message)
+            on_message(service, conn, message)
             unyielded += 1
             if unyielded == YIELD_EVERY:
                 unyielded = 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -95,7 +94,9 @@ class Connection:
         self._max_bytes = limits.max_bytes
         self._counters = counters
         self._on_overflow = on_overflow
-        self._queue: deque[Message] = deque()
+        # A list, not a deque: an idle connection's outbox is empty, and an empty list is
+        # 56 bytes where an empty deque is 760; clear() hands the list's buffer back.
+        self._queue: list[Message] = []
         self._queued_bytes = 0
         self._waiter: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -257,7 +258,7 @@ class Connection:
                     await self._waiter
                     self._waiter = None
                     continue
-                message = queue.popleft()
+                message = queue.pop(0)  # at most max_messages long
                 self._queued_bytes -= message.size
                 if message.text is not None:
                     await send({"type": "websocket.send", "text": message.text})
