@@ -6,7 +6,7 @@ import uuid
 
 import websockets
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, fetch_stats
 
 
 async def assert_still_serving(server: ServerProcess) -> None:
@@ -23,3 +23,13 @@ async def assert_still_serving(server: ServerProcess) -> None:
         await a.send(token)
         assert await a.recv() == token
         assert await b.recv() == token
+
+
+async def total_is(server: ServerProcess, expected: int) -> bool:
+    """Whether /stats counts exactly ``expected`` open connections."""
+    return bool((await fetch_stats(server))["connections"]["total"] == expected)
+
+
+async def channel_has(server: ServerProcess, channel: str, expected: int) -> bool:
+    """Whether /stats counts exactly ``expected`` subscribers on ``channel``."""
+    return bool((await fetch_stats(server))["channels"].get(channel, 0) == expected)

@@ -7,6 +7,7 @@ import asyncio
 import websockets
 
 from tests.conftest import ServerProcess, eventually, fetch_stats
+from tests.helpers import channel_has, total_is
 
 
 async def test_every_client_gets_every_message_sender_included(server: ServerProcess) -> None:
@@ -15,7 +16,7 @@ async def test_every_client_gets_every_message_sender_included(server: ServerPro
         websockets.connect(server.ws("/ws/broadcast")) as b,
         websockets.connect(server.ws("/ws/broadcast")) as c,
     ):
-        assert await eventually(lambda: _channel_count(server, "default", 3)), (
+        assert await eventually(lambda: channel_has(server, "default", 3)), (
             "three subscribers registered"
         )
         await a.send("from a")
@@ -29,7 +30,7 @@ async def test_each_senders_order_is_kept(server: ServerProcess) -> None:
     clients = [await websockets.connect(server.ws("/ws/broadcast")) for _ in range(4)]
     senders = clients[:3]
     try:
-        assert await eventually(lambda: _channel_count(server, "default", 4))
+        assert await eventually(lambda: channel_has(server, "default", 4))
         n = 200
         sent = asyncio.gather(*(_send_numbered(ws, f"s{i}", n) for i, ws in enumerate(senders)))
         received = await asyncio.gather(*(_receive(ws, 3 * n) for ws in clients))
@@ -61,7 +62,7 @@ async def test_channels_are_separate(server: ServerProcess) -> None:
         websockets.connect(server.ws("/ws/broadcast/room-2")) as r2,
         websockets.connect(server.ws("/ws/broadcast")) as default,
     ):
-        assert await eventually(lambda: _channel_count(server, "room-2", 1))
+        assert await eventually(lambda: channel_has(server, "room-2", 1))
         await r1.send("in room 1")
         assert await r1.recv() == "in room 1"
         await r2.send("in room 2")
@@ -77,7 +78,7 @@ async def test_stats_count_connections_and_deliveries(server: ServerProcess) -> 
     before = await fetch_stats(server)
     clients = [await websockets.connect(server.ws("/ws/broadcast")) for _ in range(5)]
     try:
-        assert await eventually(lambda: _total(server, before["connections"]["total"] + 5))
+        assert await eventually(lambda: total_is(server, before["connections"]["total"] + 5))
         await clients[0].send("count me")
         for ws in clients:
             assert await ws.recv() == "count me"
@@ -89,17 +90,9 @@ async def test_stats_count_connections_and_deliveries(server: ServerProcess) -> 
     finally:
         for ws in clients:
             await ws.close()
-    assert await eventually(lambda: _total(server, before["connections"]["total"]))
+    assert await eventually(lambda: total_is(server, before["connections"]["total"]))
 
 
 async def _send_numbered(ws: websockets.ClientConnection, tag: str, n: int) -> None:
     for i in range(n):
         await ws.send(f"{tag}:{i}")
-
-
-async def _channel_count(server: ServerProcess, channel: str, expected: int) -> bool:
-    return (await fetch_stats(server))["channels"].get(channel, 0) == expected
-
-
-async def _total(server: ServerProcess, expected: int) -> bool:
-    return (await fetch_stats(server))["connections"]["total"] == expected

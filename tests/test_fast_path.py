@@ -10,6 +10,7 @@ from websockets.frames import Frame, Opcode
 
 from app.services.message import Message
 from tests.conftest import ServerProcess, eventually, fetch_stats
+from tests.helpers import channel_has
 from tests.rawws import OP_BINARY, OP_TEXT, RawClient
 
 SIZES = [0, 1, 125, 126, 127, 65_535, 65_536, 70_000]
@@ -73,7 +74,7 @@ async def test_deflate_clients_get_correct_frames(server: ServerProcess) -> None
     ):
         assert a.protocol.extensions, "the server negotiated permessage-deflate"
         assert not b.protocol.extensions
-        assert await eventually(lambda: _channel(server, "deflate", 2))
+        assert await eventually(lambda: channel_has(server, "deflate", 2))
         payloads: list[str | bytes] = ["x" * 1000, "héllo", os.urandom(5000), "z" * 100_000]
         for sender in (a, b):
             for payload in payloads:
@@ -81,7 +82,3 @@ async def test_deflate_clients_get_correct_frames(server: ServerProcess) -> None
             for ws in (a, b):
                 for payload in payloads:
                     assert await ws.recv() == payload
-
-
-async def _channel(server: ServerProcess, name: str, n: int) -> bool:
-    return bool((await fetch_stats(server))["channels"].get(name, 0) == n)

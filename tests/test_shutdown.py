@@ -8,7 +8,8 @@ import signal
 import pytest
 import websockets
 
-from tests.conftest import ServerProcess, eventually, fetch_stats
+from tests.conftest import ServerProcess, eventually
+from tests.helpers import total_is
 from tests.rawws import RawClient
 
 
@@ -21,7 +22,7 @@ async def test_signal_closes_every_socket_with_1012(start_server, sig: int) -> N
     # wait for it forever.
     stalled = await RawClient.open(server.port, "/ws/broadcast", rcvbuf=4096)
     stalled.stop_reading()
-    assert await eventually(lambda: _total(server, 6))
+    assert await eventually(lambda: total_is(server, 6))
     for _ in range(200):
         await clients[0].send("y" * 16_000)
     for ws in clients[:4]:
@@ -43,7 +44,3 @@ async def test_signal_closes_every_socket_with_1012(start_server, sig: int) -> N
     assert "Traceback" not in log
     assert "Task was destroyed but it is pending" not in log
     await stalled.close()
-
-
-async def _total(server: ServerProcess, expected: int) -> bool:
-    return bool((await fetch_stats(server))["connections"]["total"] == expected)

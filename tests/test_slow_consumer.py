@@ -7,7 +7,7 @@ import asyncio
 import websockets
 
 from tests.conftest import ServerProcess, eventually, fetch_stats
-from tests.helpers import assert_still_serving
+from tests.helpers import assert_still_serving, channel_has
 from tests.rawws import RawClient
 
 MESSAGE = 8 * 1024
@@ -28,7 +28,7 @@ async def test_stalled_reader_is_closed_and_others_get_everything(start_server) 
     readers = [
         await websockets.connect(server.ws("/ws/broadcast"), max_size=None) for _ in range(3)
     ]
-    assert await eventually(lambda: _subscribers(server, 5))
+    assert await eventually(lambda: channel_has(server, "default", 5))
 
     received = [asyncio.create_task(_read(ws, COUNT)) for ws in readers]
     own = asyncio.Semaphore(WINDOW)
@@ -76,7 +76,7 @@ async def test_slow_but_reading_client_gets_close_code_4008(start_server) -> Non
     slow = await RawClient.open(server.port, "/ws/broadcast", rcvbuf=4096)
     slow.stop_reading()
     sender = await websockets.connect(server.ws("/ws/broadcast"), max_size=None)
-    assert await eventually(lambda: _subscribers(server, 2))
+    assert await eventually(lambda: channel_has(server, "default", 2))
     sent = 0
     while sent < BURST:
         await sender.send(f"{sent:05d}" + "x" * 8000)
@@ -106,10 +106,6 @@ async def _read(ws: websockets.ClientConnection, count: int) -> list[bytes]:
         assert isinstance(msg, bytes)
         out.append(msg)
     return out
-
-
-async def _subscribers(server: ServerProcess, n: int) -> bool:
-    return bool((await fetch_stats(server))["channels"].get("default", 0) == n)
 
 
 async def _slow_count(server: ServerProcess, n: int) -> bool:

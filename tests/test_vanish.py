@@ -7,7 +7,7 @@ import asyncio
 import websockets
 
 from tests.conftest import ServerProcess, eventually, fetch_stats
-from tests.helpers import assert_still_serving
+from tests.helpers import assert_still_serving, total_is
 from tests.rawws import RawClient
 
 
@@ -16,7 +16,7 @@ async def test_reset_mid_broadcast(server: ServerProcess) -> None:
     base = before["connections"]["total"]
     readers = [await websockets.connect(server.ws("/ws/broadcast")) for _ in range(3)]
     doomed = [await RawClient.open(server.port, "/ws/broadcast") for _ in range(5)]
-    assert await eventually(lambda: _total(server, base + 8))
+    assert await eventually(lambda: total_is(server, base + 8))
 
     n = 300
     counts = [asyncio.create_task(_count(ws, n)) for ws in readers]
@@ -28,10 +28,10 @@ async def test_reset_mid_broadcast(server: ServerProcess) -> None:
     for task in counts:
         assert await task == n
 
-    assert await eventually(lambda: _total(server, base + 3))
+    assert await eventually(lambda: total_is(server, base + 3))
     for ws in readers:
         await ws.close()
-    assert await eventually(lambda: _total(server, base))
+    assert await eventually(lambda: total_is(server, base))
     stats = await fetch_stats(server)
     assert stats["channels"].get("default", 0) == 0
     assert "Traceback" not in server.log()
@@ -44,7 +44,3 @@ async def _count(ws: websockets.ClientConnection, n: int) -> int:
         await asyncio.wait_for(ws.recv(), 20)
         got += 1
     return got
-
-
-async def _total(server: ServerProcess, expected: int) -> bool:
-    return bool((await fetch_stats(server))["connections"]["total"] == expected)
