@@ -39,6 +39,9 @@ class Settings:
     """Level of the 'fanout' logger."""
     gc_freeze: bool = True
     """Move start-up objects out of the garbage collector's reach (shorter GC pauses)."""
+    direct_writes: bool = True
+    """Write prepared frames straight to uvicorn's transport where it is safe (the fast
+    path); false sends every message through plain ASGI."""
     local_dir: str = ""
     """local://: folder for the workers' Unix sockets; empty means $XDG_RUNTIME_DIR/fanout,
     or /tmp/fanout-<uid> where that is unset."""

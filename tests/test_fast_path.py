@@ -54,6 +54,15 @@ async def test_direct_frames_are_byte_identical_to_the_asgi_path(start_server) -
     assert (await fetch_stats(direct))["connections_opened"] == 2
 
 
+async def test_direct_writes_can_be_turned_off(start_server) -> None:  # type: ignore[no-untyped-def]
+    server = start_server({"FANOUT_DIRECT_WRITES": "false"})
+    async with websockets.connect(server.ws("/ws/broadcast")) as ws:
+        await ws.send("through ASGI")
+        assert await ws.recv() == "through ASGI"
+        stats = await fetch_stats(server)
+        assert stats["connections"]["by_path"] == {"asgi": 1, "direct": 0}
+
+
 async def test_stats_report_the_write_path(server: ServerProcess) -> None:
     async with websockets.connect(server.ws("/ws/broadcast")) as ws:
         await ws.send("ping")

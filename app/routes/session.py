@@ -58,13 +58,14 @@ async def run_session(
         await deny(websocket, 503, "capacity", "server at its connection limit; retry later")
         return
     slim_protocol(websocket.scope)  # before direct_writer(), which keeps .writable
-    limit = settings_of(websocket).max_message_bytes
+    settings = settings_of(websocket)
+    limit = settings.max_message_bytes
     conn = service.connect(
         websocket,
         endpoint=endpoint,
         channel=channel,
         transport=transport_of(websocket.scope),
-        direct=direct_writer(websocket.scope),
+        direct=direct_writer(websocket.scope) if settings.direct_writes else None,
     )
     code: int = CloseCode.NO_STATUS
     unyielded = 0
