@@ -32,7 +32,7 @@ from typing import Any
 from bench import scenarios, servers
 from bench.summary import summarize
 
-SERVER_NAMES = ["fanout", "fanout-wN", "node-ws", "websockets", "naive-starlette"]
+SERVER_NAMES = ["fanout", "fanout-asgi", "fanout-wN", "node-ws", "websockets", "naive-starlette"]
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -86,6 +86,12 @@ def server_specs(workers: int = 2) -> dict[str, ServerSpec]:
             dict(FANOUT_ENV),
             description=f"Fanout, 1 uvicorn worker ({_ENV_NOTE})",
         ),
+        "fanout-asgi": ServerSpec(
+            "fanout-asgi",
+            _uvicorn("app.main:app"),
+            {**FANOUT_ENV, "FANOUT_DIRECT_WRITES": "false"},
+            description="Fanout, 1 worker, plain ASGI sends (FANOUT_DIRECT_WRITES=false)",
+        ),
         f"fanout-w{workers}": ServerSpec(
             f"fanout-w{workers}",
             _uvicorn("app.main:app", workers),
