@@ -1,7 +1,7 @@
 """``python -m bench report``: docs/benchmarks.md and docs/bench-*.png from real runs.
 
 Reads the newest ``bench/results/compare-*.json`` (written by ``python -m bench compare``)
-and any ``bench/results/extra-*.json`` (single scenarios saved with ``--save``)."""
+and the ``extra-*.json`` beside it (single scenarios saved with ``--save``)."""
 
 from __future__ import annotations
 
@@ -301,7 +301,7 @@ def main(args: argparse.Namespace) -> None:
     docs.mkdir(parents=True, exist_ok=True)
     runs = group(doc)
     servers = list(doc["servers"])
-    extras = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("extra-*.json"))]
+    extras = [json.loads(p.read_text()) for p in sorted(path.parent.glob("extra-*.json"))]
     made = plots(runs, servers, docs)
     mach = doc["machine"]
     ver = ", ".join(f"{k} {v}" for k, v in mach["versions"].items())
