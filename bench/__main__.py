@@ -234,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     emit(r)
     if args.save:
         r["command"] = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        if "BENCH_FANOUT_DIR" in os.environ and not args.port:
+            env = f"BENCH_FANOUT_DIR={os.environ['BENCH_FANOUT_DIR']} "
+            r["command"] = env + r["command"]
+            r["server_commit"] = os.environ.get("BENCH_FANOUT_COMMIT", "")
         servers.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         out = servers.RESULTS_DIR / f"extra-{r['scenario']}-{r['server']}.json"
         out.write_text(json.dumps(r, indent=1))

@@ -151,7 +151,8 @@ def plots(runs: Runs, servers: list[str], docs: Path) -> list[str]:
         y = [p[1]["median"] for p in pts]
         lo = [p[1]["median"] - p[1]["min"] for p in pts]
         hi = [p[1]["max"] - p[1]["median"] for p in pts]
-        ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, label=label, **kw)
+        kw.setdefault("marker", "o")
+        ax.errorbar(x, y, yerr=[lo, hi], capsize=3, label=label, **kw)
 
     # Throughput vs subscribers
     keys = sorted((k for k in runs if k.startswith("fanout-")), key=lambda k: int(k[7:]))
@@ -190,11 +191,19 @@ def plots(runs: Runs, servers: list[str], docs: Path) -> list[str]:
                         if ph["rate"] == rate and ph["latency"] and ph["latency"].get("count")
                     ]
                     ms.append(med(vals))
-                errbar(ax, rates, ms, f"{s} {pct[:3]}", linestyle=style, color=f"C{i}")
+                errbar(
+                    ax,
+                    rates,
+                    ms,
+                    f"{s} {pct[:3]}",
+                    linestyle=style,
+                    color=f"C{i}",
+                    fillstyle="none" if pct == "p50_ms" else "full",
+                )
         ax.set_yscale("log")
         ax.set_xlabel("published messages / s (to 1,000 subscribers)")
         ax.set_ylabel("publish-to-receive latency, ms")
-        ax.set_title("Latency percentiles vs rate")
+        ax.set_title("Latency percentiles vs rate (hollow, dashed: p50; filled: p99)")
         ax.grid(True, alpha=0.3, which="both")
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -307,16 +316,27 @@ def main(args: argparse.Namespace) -> None:
     ver = ", ".join(f"{k} {v}" for k, v in mach["versions"].items())
     failed = [r for r in doc["runs"] if "error" in r]
     plan_lines = "\n".join(
-        f"- `{p['key']}`: {p['scenario']} {json.dumps(p['params'])}" for p in doc["plan"]
+        f"  - `{p['key']}`: {p['scenario']} {json.dumps(p['params'])}" for p in doc["plan"]
     )
     server_lines = "\n".join(f"- **{k}**: {v}" for k, v in doc["servers"].items())
     src = path.relative_to(REPO) if path.is_relative_to(REPO) else path
     n_runs, took = len(doc["runs"]), doc.get("elapsed_s", "?")
     cpu = f"{mach['cpu']}, {mach['cores']} cores, {mach['memory_gib']} GiB"
+    cmds = []
+    server_dir = mach.get("server_dir")
+    compare_cmd = doc["command"]
+    if server_dir and Path(server_dir) != REPO:
+        commit = mach.get("server_commit") or "HEAD"
+        cmds.append(f"mkdir -p {server_dir} && git archive {commit} | tar -x -C {server_dir}")
+        compare_cmd = f"BENCH_FANOUT_DIR={server_dir} BENCH_FANOUT_COMMIT={commit} {compare_cmd}"
+    cmds.append(compare_cmd)
+    cmds.extend(str(e["command"]) for e in extras if e.get("command"))
+    cmds.append("python -m bench report")
+    commands = "\n".join(cmds)
     busy = [r["busy_before"] for r in doc["runs"] if "busy_before" in r]
     noisy = sum(1 for b in busy if b > 0.15)
     busy_note = (
-        f" In this run {noisy} of {len(busy)} runs started on a machine still more than 15%"
+        f"\n  In this run {noisy} of {len(busy)} runs started on a machine still more than 15%"
         " busy with other work."
         if busy
         else ""
@@ -377,14 +397,16 @@ cores); its workers share broadcasts through its default `FANOUT_BACKEND=local:/
   spread column shows how much runs disagreed.{busy_note}
 - Memory is the server's RSS summed over its process tree (`/proc/PID/status`), before and after
   opening the idle connections; KB per connection = growth / connections.
+- Every server writes each message to its subscribers one socket after the other, so at
+  1,000 subscribers the last one waits for ~1,000 loopback sends: that, not the generator,
+  sets the latency floor on this machine.
 - Plan:
 {plan_lines}
 
 ## Commands
 
 ```
-{doc["command"]}
-python -m bench report
+{commands}
 ```
 """
     if failed:
