@@ -10,7 +10,7 @@ Examples:
   python -m bench latency --subscribers 1000 --rates 20 200 2000
   python -m bench memory --steps 1000 5000 10000
   python -m bench connect --connections 5000
-  python -m bench maxconn --target 40000 --server fanout-w3 --workers 3
+  python -m bench maxconn --target 40000 --server fanout-wN --workers 3
   python -m bench churn --subscribers 1000 --churners 50
   python -m bench slow --subscribers 1000 --slow-share 0.1
   python -m bench fanout --port 8000            # an already running server (no RSS/CPU)

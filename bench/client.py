@@ -58,7 +58,7 @@ class WsConn(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         w = self.worker
-        transport.write(wsp.handshake_request(w.host, w.port, self.path, self.key))
+        self.send(wsp.handshake_request(w.host, w.port, self.path, self.key))
 
     def data_received(self, data: bytes) -> None:
         if not self.upgraded:

@@ -44,7 +44,7 @@ def group(doc: dict[str, Any]) -> Runs:
     return out
 
 
-def med(values: list[float]) -> dict[str, float | int]:
+def med(values: list[float | None]) -> dict[str, float | int]:
     return stats.median_spread([v for v in values if v is not None])
 
 
@@ -237,8 +237,8 @@ def plots(runs: Runs, servers: list[str], docs: Path) -> list[str]:
 
 def goals(runs: Runs, extras: list[dict[str, Any]]) -> str:
     def m(key: str, get: Callable[[dict[str, Any]], float | None]) -> float | None:
-        vals = [get(r) for r in runs.get(key, {}).get(BASE, [])]
-        vals = [v for v in vals if v is not None]
+        got = [get(r) for r in runs.get(key, {}).get(BASE, [])]
+        vals = [v for v in got if v is not None]
         return stats.percentile(vals, 50) if vals else None
 
     def p99_20(r: dict[str, Any]) -> float | None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import scenarios, servers
+from bench.client import raise_fd_limit
 from bench.summary import summarize
 
 RESULTS = servers.REPO / "bench" / "results"
@@ -34,13 +35,12 @@ class Item:
 
 def plan(quick: bool, subscribers: list[int]) -> list[Item]:
     d = 2.0 if quick else 3.0
+
+    def fan(n: int) -> Callable[[scenarios.Target], dict[str, Any]]:
+        return lambda t: scenarios.fanout(t, subscribers=n, duration=d, warmup=1.0)
+
     items = [
-        Item(
-            f"fanout-{n}",
-            "fanout",
-            lambda t, n=n: scenarios.fanout(t, subscribers=n, duration=d, warmup=1.0),
-            {"subscribers": n, "duration": d},
-        )
+        Item(f"fanout-{n}", "fanout", fan(n), {"subscribers": n, "duration": d})
         for n in subscribers
     ]
     rates = [20.0, 50.0, 100.0]
@@ -134,7 +134,7 @@ def machine_info() -> dict[str, Any]:
         "memory_gib": round(mem_gib, 1),
         "kernel": platform.release(),
         "os": _version(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
-        "fd_limit": scenarios.raise_fd_limit(),
+        "fd_limit": raise_fd_limit(),
         "versions": versions,
         "commit": _version(["git", "-C", str(servers.REPO), "rev-parse", "--short", "HEAD"]),
         "server_dir": str(servers.APP_DIR),
