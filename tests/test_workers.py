@@ -17,11 +17,14 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import websockets
 from websockets.protocol import State
 
+from app.services.cluster import ClusterView
+from app.services.message import Message
 from tests.conftest import ServerProcess, eventually, fetch_stats
 
 Client = websockets.ClientConnection
@@ -55,16 +58,57 @@ async def stats_total(server: ServerProcess, expected: int) -> bool:
 async def open_on_every_worker(
     server: ServerProcess, clients: list[Client], workers: int, at_least: int, cap: int = 200
 ) -> dict[int, int]:
-    """Open clients until each of ``workers`` workers holds ``at_least``; pid -> connections."""
+    """Open clients until each of ``workers`` workers holds ``at_least``; pid -> connections.
+
+    The spread is read from the very response that counts every client: which worker answers
+    a request is the kernel's choice, and another worker may still see a sibling as of its
+    previous heartbeat (up to one interval old). Clients only arrive here, so no worker's
+    entry can be too high: entries that add up to the number of clients are each exact.
+    """
+    counted: dict[str, Any] = {}
+
+    async def counts_everyone() -> bool:
+        stats = await fetch_stats(server)
+        if stats["connections"]["total"] != len(clients):
+            return False
+        if sum(w["connections"] for w in stats["workers"]) != len(clients):
+            return False
+        counted.clear()
+        counted.update(stats)
+        return True
+
     while True:
         for _ in range(4):
             clients.append(await websockets.connect(server.ws("/ws/broadcast")))
-        assert await eventually(lambda: stats_total(server, len(clients)), within=15)
-        stats = await fetch_stats(server)
-        spread = {w["pid"]: w["connections"] for w in stats["workers"]}
+        assert await eventually(counts_everyone, within=15)
+        spread = {w["pid"]: w["connections"] for w in counted["workers"]}
         if len(spread) == workers and min(spread.values()) >= at_least:
             return spread
         assert len(clients) < cap, f"{cap} clients and still not on every worker: {spread}"
+
+
+async def every_worker_agrees(server: ServerProcess, spread: dict[int, int]) -> None:
+    """Wait until every worker answers /stats with ``spread``, and none goes back on it.
+
+    Each worker answers with its own live figures and the others' last heartbeats, so until
+    every worker has heard every sibling's heartbeat since the last change, answers from two
+    workers may differ. Once a worker has the right answer it must keep it: heartbeats of one
+    worker are taken in order, and nothing changes here.
+    """
+    right: set[int] = set()
+
+    async def all_right() -> bool:
+        stats = await fetch_stats(server)
+        pid = stats["worker"]["pid"]
+        answer = {w["pid"]: w["connections"] for w in stats["workers"]}
+        total = stats["connections"]["total"]
+        if pid in right:
+            assert (answer, total) == (spread, sum(spread.values())), f"worker {pid} went back"
+        elif answer == spread and total == sum(spread.values()):
+            right.add(pid)
+        return right == set(spread)
+
+    assert await eventually(all_right, within=30), f"workers with the right answer: {right}"
 
 
 async def exchange_exactly_once(clients: list[Client], tag: str) -> None:
@@ -102,10 +146,12 @@ async def test_four_workers_every_client_gets_every_message_once(
     clients: list[Client] = []
     try:
         spread = await open_on_every_worker(server, clients, workers=4, at_least=2)
+        await every_worker_agrees(server, spread)
         before = await fetch_stats(server)
         await exchange_exactly_once(clients, "hello")
 
-        # Totals are the same whichever worker answers, request after request.
+        # Once heartbeats have had time, the figures are the same whichever worker answers,
+        # request after request.
         for _ in range(12):
             stats = await fetch_stats(server)
             assert stats["connections"]["total"] == len(clients)
@@ -221,6 +267,45 @@ async def test_stale_sockets_of_a_crashed_run_are_removed(
     )
     server.stop()
     assert not group.exists(), "the last worker to stop removes the group folder"
+
+
+def test_a_late_heartbeat_never_replaces_a_newer_one() -> None:
+    # Two views of one worker's numbered heartbeats; the other receives them out of order.
+    sent: list[Message] = []
+    figures = {"connections": {"total": 1}, "worker": {"pid": 1, "connections": 1}}
+    sender = ClusterView(
+        worker_id="h:1",
+        interval=1.0,
+        expiry=60.0,
+        publish=lambda _channel, message: sent.append(message),
+        snapshot=lambda: dict(figures),
+    )
+    receiver = ClusterView(
+        worker_id="h:2",
+        interval=1.0,
+        expiry=60.0,
+        publish=lambda _channel, _message: None,
+        snapshot=lambda: {},
+    )
+    sender._send_heartbeat()
+    figures = {"connections": {"total": 2}, "worker": {"pid": 1, "connections": 2}}
+    sender._send_heartbeat()
+    older, newer = sent
+    receiver.receive(newer)
+    receiver.receive(older)
+    assert [stats["connections"]["total"] for _, stats in receiver.peers()] == [2]
+
+    # A restarted worker with the same id (a reused pid) numbers afresh and is heard.
+    restarted = ClusterView(
+        worker_id="h:1",
+        interval=1.0,
+        expiry=60.0,
+        publish=lambda _channel, message: sent.append(message),
+        snapshot=lambda: {"connections": {"total": 0}},
+    )
+    restarted._send_heartbeat()
+    receiver.receive(sent[-1])
+    assert [stats["connections"]["total"] for _, stats in receiver.peers()] == [0]
 
 
 def test_unknown_backend_is_refused_at_start() -> None:

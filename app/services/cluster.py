@@ -5,14 +5,21 @@ FANOUT_HEARTBEAT_INTERVAL seconds and keeps the latest heartbeat of every other 
 not heard from for FANOUT_HEARTBEAT_EXPIRY seconds is forgotten, and a worker that stops
 cleanly says goodbye so it is forgotten at once. /stats then answers the same on every
 worker: this worker's live figures plus the others' as of their last heartbeat.
+
+Each response is consistent in itself (every figure of a worker comes from one snapshot),
+but two workers' answers can differ for up to one interval: each sees the others as of their
+last heartbeat. Heartbeats are numbered, so one that arrives late (a link re-established
+while the old one still drains, a publisher's retry) never replaces a newer one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -51,6 +58,12 @@ class ClusterView:
         self._snapshot = snapshot
         self._peers: dict[str, tuple[float, dict[str, Any]]] = {}
         """Other workers' snapshots by worker id, with the monotonic time they arrived."""
+        self._order: dict[str, tuple[str, int]] = {}
+        """Other workers' (boot, seq) of the heartbeat kept in ``_peers``."""
+        self._boot = os.urandom(6).hex()
+        """This process's heartbeats' ``boot``: a restarted worker reusing a pid (hence an id)
+        starts its numbering afresh, and is not taken for an old, late one."""
+        self._seq = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -79,15 +92,25 @@ class ClusterView:
                 stats = body["stats"]
                 if not isinstance(stats, dict):
                     raise TypeError("stats is not an object")
+                order = _order(body)
                 known = worker_id in self._peers
+                if known and order is not None:
+                    kept = self._order.get(worker_id)
+                    if kept is not None and kept[0] == order[0] and kept[1] >= order[1]:
+                        return  # late: a newer heartbeat of this worker is already here
                 if known or len(self._peers) < MAX_PEERS:
                     self._peers[worker_id] = (time.monotonic(), stats)
+                    if order is None:
+                        self._order.pop(worker_id, None)
+                    else:
+                        self._order[worker_id] = order
                 if not known:
                     # A newcomer (or one back after expiry): answer at once, so it counts this
                     # worker now rather than at this worker's next beat.
                     self._send_heartbeat()
             elif kind == "bye":
                 self._peers.pop(worker_id, None)
+                self._order.pop(worker_id, None)
         except (ValueError, KeyError, TypeError) as exc:
             logger.warning("ignoring a malformed control message: %s", exc)
 
@@ -97,6 +120,7 @@ class ClusterView:
         expired = [wid for wid, (at, _) in self._peers.items() if now - at > self.expiry]
         for wid in expired:
             del self._peers[wid]
+            self._order.pop(wid, None)
         return [(now - at, stats) for at, stats in self._peers.values()]
 
     def merged(self, own: dict[str, Any]) -> dict[str, Any]:
@@ -130,10 +154,26 @@ class ClusterView:
             self._send_heartbeat()
 
     def _send_heartbeat(self) -> None:
-        self._send({"type": "heartbeat", "id": self.worker_id, "stats": self._snapshot()})
+        self._send(
+            {
+                "type": "heartbeat",
+                "id": self.worker_id,
+                "boot": self._boot,
+                "seq": next(self._seq),
+                "stats": self._snapshot(),
+            }
+        )
 
     def _send(self, body: dict[str, Any]) -> None:
         self._publish(CONTROL_CHANNEL, Message.from_text(json.dumps(body, separators=(",", ":"))))
+
+
+def _order(body: dict[str, Any]) -> tuple[str, int] | None:
+    """A heartbeat's (boot, seq); None from a worker that does not number them."""
+    boot, seq = body.get("boot"), body.get("seq")
+    if isinstance(boot, str) and isinstance(seq, int) and not isinstance(seq, bool):
+        return boot, seq
+    return None
 
 
 def _sum_section(sections: list[dict[str, Any]]) -> dict[str, Any]:
