@@ -225,3 +225,22 @@ async def test_slim_receive_queue_keeps_order_and_wakes_its_reader() -> None:
     assert await reader == 3
     with pytest.raises(asyncio.QueueEmpty):
         queue.get_nowait()
+
+
+def test_gc_monitor_times_collections_until_stopped() -> None:
+    import gc
+
+    from app.services.gc_monitor import GcMonitor
+
+    monitor = GcMonitor()
+    monitor.start()
+    gc.collect()
+    gc.collect(0)
+    snap = monitor.snapshot()
+    assert snap["gen2"]["collections"] >= 1
+    assert snap["gen0"]["collections"] >= 1
+    assert snap["gen2"]["longest_ms"] >= 0
+    monitor.stop()
+    assert monitor._on_gc not in gc.callbacks
+    gc.collect()
+    assert monitor.snapshot()["gen2"]["collections"] == snap["gen2"]["collections"]

@@ -21,6 +21,7 @@ from app.services.close_codes import PROTOCOL_ERRORS, CloseCode
 from app.services.cluster import ClusterView
 from app.services.connection import Connection, OutboxLimits
 from app.services.counters import Counters
+from app.services.gc_monitor import GcMonitor
 from app.services.message import Message
 from app.services.server_transport import AbortableTransport, DirectWriter
 
@@ -61,6 +62,7 @@ class BroadcastService:
         self._started_at = time.monotonic()
         self._stats_task: asyncio.Task[None] | None = None
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.gc_monitor = GcMonitor()
         self.gap_notices = 0
         """Times this worker told its clients that messages from elsewhere may be missing."""
         self.cluster = ClusterView(
@@ -76,6 +78,7 @@ class BroadcastService:
     async def start(self) -> None:
         """Start the backend, the heartbeat and the periodic stats log line."""
         self._started_at = time.monotonic()
+        self.gc_monitor.start()
         await self.backend.start(self._from_backend, self._gap)
         await self.cluster.start()
         if self.settings.stats_log_interval > 0:
@@ -94,6 +97,7 @@ class BroadcastService:
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
         await asyncio.gather(*(conn.finish() for conn in remaining))
         await self.backend.stop()
+        self.gc_monitor.stop()
 
     # -- connections -----------------------------------------------------------------------
 
@@ -273,6 +277,7 @@ class BroadcastService:
                 "host": socket.gethostname(),
                 "connections": len(self._connections),
                 "uptime_seconds": round(self.uptime(), 3),
+                "gc": self.gc_monitor.snapshot(),
             },
         }
 
