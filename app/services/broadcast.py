@@ -19,7 +19,7 @@ from app.services.backends import Backend
 from app.services.backends.base import CONTROL_CHANNEL
 from app.services.close_codes import PROTOCOL_ERRORS, CloseCode
 from app.services.cluster import ClusterView
-from app.services.connection import Connection, OutboxLimits
+from app.services.connection import Connection, Cork, OutboxLimits
 from app.services.counters import Counters
 from app.services.gc_monitor import GcMonitor
 from app.services.message import Message
@@ -63,6 +63,7 @@ class BroadcastService:
         self._stats_task: asyncio.Task[None] | None = None
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.gc_monitor = GcMonitor()
+        self._cork = Cork()
         self.gap_notices = 0
         """Times this worker told its clients that messages from elsewhere may be missing."""
         self.cluster = ClusterView(
@@ -136,6 +137,7 @@ class BroadcastService:
             websocket=websocket,
             transport=transport,
             direct=direct,
+            cork=self._cork if direct is not None else None,
             limits=self._limits,
             counters=self.counters,
             on_overflow=self._on_slow_consumer,
