@@ -26,6 +26,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class PortTaken(RuntimeError):
+    """The chosen port was taken between choosing it and binding it."""
+
+
 class ServerProcess:
     """``uvicorn app.main:app`` (or hypercorn) in a subprocess, as a user runs it."""
 
@@ -52,6 +56,17 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}{path}"
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
+        # free_port() only finds a port free at that moment; another process may take it
+        # before the server binds. Then pick another one instead of failing the test.
+        for _ in range(3):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                self.port = free_port()
+                self.log_path = OUTPUT / f"server-{self.port}.log"
+        return self._start(timeout)
+
+    def _start(self, timeout: float) -> ServerProcess:
         if self.program == "hypercorn":
             cmd = [sys.executable, "-m", "hypercorn", "app.main:app"]
             cmd += ["--bind", f"127.0.0.1:{self.port}", *self.args]
@@ -63,6 +78,8 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if "address already in use" in self.log().lower():
+                    raise PortTaken(self.port)
                 raise RuntimeError(f"server exited early:\n{self.log()}")
             try:
                 if httpx.get(f"{self.base}/healthz", timeout=1.0).status_code < 500:
