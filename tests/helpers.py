@@ -1,8 +1,10 @@
-"""Checks shared by the bad-input tests."""
+"""Helpers shared by the socket tests: still-serving check, /stats predicates, receiving."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from typing import Any
 
 import websockets
 
@@ -33,3 +35,10 @@ async def total_is(server: ServerProcess, expected: int) -> bool:
 async def channel_has(server: ServerProcess, channel: str, expected: int) -> bool:
     """Whether /stats counts exactly ``expected`` subscribers on ``channel``."""
     return bool((await fetch_stats(server))["channels"].get(channel, 0) == expected)
+
+
+async def receive_many(
+    ws: websockets.ClientConnection, count: int, within: float = 30.0
+) -> list[Any]:
+    """The next ``count`` messages on ``ws``, each awaited at most ``within`` seconds."""
+    return [await asyncio.wait_for(ws.recv(), within) for _ in range(count)]

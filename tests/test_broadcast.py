@@ -7,7 +7,7 @@ import asyncio
 import websockets
 
 from tests.conftest import ServerProcess, eventually, fetch_stats
-from tests.helpers import channel_has, total_is
+from tests.helpers import channel_has, receive_many, total_is
 
 
 async def test_every_client_gets_every_message_sender_included(server: ServerProcess) -> None:
@@ -33,9 +33,10 @@ async def test_each_senders_order_is_kept(server: ServerProcess) -> None:
         assert await eventually(lambda: channel_has(server, "default", 4))
         n = 200
         sent = asyncio.gather(*(_send_numbered(ws, f"s{i}", n) for i, ws in enumerate(senders)))
-        received = await asyncio.gather(*(_receive(ws, 3 * n) for ws in clients))
+        received = await asyncio.gather(*(receive_many(ws, 3 * n, within=10) for ws in clients))
         await sent
         for messages in received:
+            assert all(isinstance(m, str) for m in messages)
             seen: dict[str, list[int]] = {f"s{i}": [] for i in range(3)}
             for msg in messages:
                 sender, number = msg.split(":")
@@ -45,15 +46,6 @@ async def test_each_senders_order_is_kept(server: ServerProcess) -> None:
     finally:
         for ws in clients:
             await ws.close()
-
-
-async def _receive(ws: websockets.ClientConnection, count: int) -> list[str]:
-    messages = []
-    for _ in range(count):
-        msg = await asyncio.wait_for(ws.recv(), 10)
-        assert isinstance(msg, str)
-        messages.append(msg)
-    return messages
 
 
 async def test_channels_are_separate(server: ServerProcess) -> None:

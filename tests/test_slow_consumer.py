@@ -7,7 +7,7 @@ import asyncio
 import websockets
 
 from tests.conftest import ServerProcess, eventually, fetch_stats
-from tests.helpers import assert_still_serving, channel_has
+from tests.helpers import assert_still_serving, channel_has, receive_many
 from tests.rawws import RawClient
 
 MESSAGE = 8 * 1024
@@ -30,7 +30,7 @@ async def test_stalled_reader_is_closed_and_others_get_everything(start_server) 
     ]
     assert await eventually(lambda: channel_has(server, "default", 5))
 
-    received = [asyncio.create_task(_read(ws, COUNT)) for ws in readers]
+    received = [asyncio.create_task(receive_many(ws, COUNT)) for ws in readers]
     own = asyncio.Semaphore(WINDOW)
 
     async def echo_back() -> list[bytes]:
@@ -48,6 +48,7 @@ async def test_stalled_reader_is_closed_and_others_get_everything(start_server) 
     expected = list(range(COUNT))
     for task in [*received, own_copy]:
         messages = await task
+        assert all(isinstance(m, bytes) for m in messages)
         assert [int.from_bytes(m[:4], "big") for m in messages] == expected
 
     async def stalled_closed() -> bool:
@@ -97,15 +98,6 @@ async def test_slow_but_reading_client_gets_close_code_4008(start_server) -> Non
 
 
 BURST = 3000  # about 24 MB: bounds the test if the policy never triggers
-
-
-async def _read(ws: websockets.ClientConnection, count: int) -> list[bytes]:
-    out = []
-    for _ in range(count):
-        msg = await asyncio.wait_for(ws.recv(), 30)
-        assert isinstance(msg, bytes)
-        out.append(msg)
-    return out
 
 
 async def _slow_count(server: ServerProcess, n: int) -> bool:
