@@ -7,7 +7,7 @@ from starlette.routing import Match, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from app.services.server_transport import SCOPE_KEY
+from app.services.server_transport import RECEIVE_KEY, SCOPE_KEY
 
 
 class FanoutApp(Starlette):
@@ -30,6 +30,7 @@ class FanoutApp(Starlette):
                     scope.update(child_scope)
                     # What TransportProbeMiddleware does on the long way round.
                     scope[SCOPE_KEY] = getattr(send, "__self__", None)
+                    scope[RECEIVE_KEY] = receive
                     await route.endpoint(WebSocket(scope, receive, send))
                     return
         await super().__call__(scope, receive, send)

@@ -11,7 +11,7 @@ from websockets.frames import Frame, Opcode
 from app.services.message import Message
 from tests.conftest import ServerProcess, eventually, fetch_stats
 from tests.helpers import channel_has
-from tests.rawws import OP_BINARY, OP_TEXT, RawClient
+from tests.rawws import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawClient
 
 SIZES = [0, 1, 125, 126, 127, 65_535, 65_536, 70_000]
 
@@ -91,3 +91,23 @@ async def test_deflate_clients_get_correct_frames(server: ServerProcess) -> None
             for ws in (a, b):
                 for payload in payloads:
                     assert await ws.recv() == payload
+
+
+async def test_control_frames_work_beside_prepared_frames(server: ServerProcess) -> None:
+    """A ping between broadcasts gets its pong; data frames around it arrive whole."""
+    client = await RawClient.open(server.port, "/ws/broadcast/control")
+    sender = await RawClient.open(server.port, "/ws/broadcast/control")
+    assert await eventually(lambda: channel_has(server, "control", 2))
+    await sender.send(OP_TEXT, b"before")
+    await client.send(OP_PING, b"are you there")
+    await sender.send(OP_TEXT, b"after")
+    frames = [await client.recv_frame() for _ in range(3)]
+    assert sorted((f.opcode, f.payload) for f in frames) == sorted(
+        [(OP_TEXT, b"before"), (OP_PONG, b"are you there"), (OP_TEXT, b"after")]
+    )
+    texts = [f.payload for f in frames if f.opcode == OP_TEXT]
+    assert texts == [b"before", b"after"]
+    await client.send(OP_CLOSE, (1000).to_bytes(2, "big"))
+    _, close = await client.recv_until_close()
+    assert close is not None and close.close_code == 1000
+    await sender.close()

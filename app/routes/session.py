@@ -15,6 +15,7 @@ from app.services.close_codes import CloseCode
 from app.services.connection import Connection
 from app.services.message import Message
 from app.services.server_transport import (
+    RECEIVE_KEY,
     direct_writer,
     mark_denial_sent,
     release_handshake,
@@ -73,7 +74,8 @@ async def run_session(
         await websocket.accept()
         release_handshake(websocket.scope, direct=conn.path == "direct")
         conn.start()
-        receive = websocket.receive
+        # After accept, Starlette's receive only adds state checks the loop does not need.
+        receive = websocket.scope.get(RECEIVE_KEY, websocket.receive)
         while True:
             event: Any = await receive()
             if event["type"] == "websocket.disconnect":

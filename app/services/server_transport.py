@@ -27,6 +27,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from websockets.extensions.permessage_deflate import PerMessageDeflate
 
 SCOPE_KEY = "fanout.server_protocol"
+RECEIVE_KEY = "fanout.receive"
+"""The server's own ``receive``, set by FanoutApp: the session loop awaits it without
+Starlette's wrapper coroutine, one frame (~0.5 KB) less per idle socket."""
 
 
 class AbortableTransport(Protocol):
