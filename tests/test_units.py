@@ -10,7 +10,7 @@ import pytest
 from app.config import Settings, SettingsError
 from app.services.backends.memory import MemoryBackend
 from app.services.broadcast import BroadcastService
-from app.services.connection import Connection, OutboxLimits
+from app.services.connection import Connection, Cork, OutboxLimits
 from app.services.counters import Counters
 from app.services.message import Message
 
@@ -142,6 +142,7 @@ def _direct_connection(direct: FakeDirect, counters: Counters, overflows: list[i
         websocket=FakeSocket(),  # type: ignore[arg-type]
         transport=None,
         direct=direct,  # type: ignore[arg-type]
+        cork=Cork(),
         limits=OutboxLimits(max_messages=4, max_bytes=10_000, close_timeout=0.1),
         counters=counters,
         on_overflow=lambda conn, dropped: overflows.append(dropped),

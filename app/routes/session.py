@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from app.routes.context import broadcast_service, settings_of
-from app.services.broadcast import BroadcastService
+from app.services.broadcast import BroadcastService, peer_of
 from app.services.close_codes import CloseCode
 from app.services.connection import Connection
 from app.services.message import Message
@@ -37,9 +37,7 @@ the fan-out would fill every healthy client's outbox before any writer ran.
 
 async def deny(websocket: WebSocket, status: int, reason: str, detail: str) -> None:
     """Refuse a handshake with an HTTP status, or a close code where the server can't."""
-    client = websocket.client
-    peer = f"{client.host}:{client.port}" if client else "unknown"
-    broadcast_service(websocket).reject(reason, peer, websocket.url.path)
+    broadcast_service(websocket).reject(reason, peer_of(websocket), websocket.url.path)
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         headers = {"Retry-After": "1"} if status == 503 else None
         response = JSONResponse({"error": reason, "detail": detail}, status, headers=headers)

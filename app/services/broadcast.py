@@ -127,8 +127,7 @@ class BroadcastService:
         direct: DirectWriter | None = None,
     ) -> Connection:
         """Register a client (before its handshake completes) and return its Connection."""
-        client = websocket.client
-        peer = f"{client.host}:{client.port}" if client else "unknown"
+        peer = peer_of(websocket)
         conn = Connection(
             conn_id=next(self._ids),
             endpoint=endpoint,
@@ -296,6 +295,12 @@ class BroadcastService:
                 c.delivered,
                 c.slow_consumer_disconnects,
             )
+
+
+def peer_of(websocket: WebSocket) -> str:
+    """The client's address as log lines show it."""
+    client = websocket.client
+    return f"{client.host}:{client.port}" if client else "unknown"
 
 
 def _label(conn: Connection) -> str:

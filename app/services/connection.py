@@ -64,8 +64,10 @@ class OutboxLimits:
 class Connection:
     """A connected client as the fan-out sees it.
 
-    ``offer`` never waits: it appends to a bounded outbox that this connection's own
-    writer task drains into the socket. When the outbox would exceed its bounds the
+    ``offer`` never waits: it appends to a bounded outbox. On the direct path the worker's
+    :class:`Cork` writes the outbox in one ``transport.write`` at the end of the loop turn
+    (a drain task takes over while the socket is full); on the ASGI path the connection's
+    own writer task sends it message by message. When the outbox would exceed its bounds the
     client is a slow consumer: what waits for it is dropped, ``on_overflow`` is told,
     and the client is closed with :attr:`CloseCode.SLOW_CONSUMER`, so no other client
     ever waits for it.
@@ -111,6 +113,8 @@ class Connection:
         counters: Counters,
         on_overflow: Callable[[Connection, int], None],
     ) -> None:
+        if direct is not None and cork is None:
+            raise ValueError("the direct path needs the worker's Cork")
         self.id = conn_id
         self.endpoint = endpoint
         self.channel = channel
@@ -191,10 +195,8 @@ class Connection:
             if not self._flush_scheduled and (self._writer is None or self._writer.done()):
                 # Cork: what is offered in this loop turn goes out in one write, at its end.
                 self._flush_scheduled = True
-                if self._cork is not None:
-                    self._cork.add(self)
-                else:
-                    asyncio.get_running_loop().call_soon(self.flush)
+                assert self._cork is not None  # checked in __init__ for the direct path
+                self._cork.add(self)
         else:
             waiter = self._waiter
             if waiter is not None and not waiter.done():
@@ -239,8 +241,7 @@ class Connection:
             return
         if not direct.can_write():
             if not direct.is_open():
-                self._closing = True
-                self._discard_queue()
+                self._abandon()
             elif self._writer is None or self._writer.done():
                 self._writer = asyncio.create_task(
                     self._drain_direct(), name=f"fanout-drain-{self.id}"
@@ -265,8 +266,7 @@ class Connection:
         while self._queue and not self._closing:
             await direct.wait_writable()
             if self._closing or not direct.is_open():
-                self._closing = True
-                self._discard_queue()
+                self._abandon()
                 return
             self._write_queued(direct)
 
@@ -274,6 +274,14 @@ class Connection:
         dropped = len(self._queue) + 1
         self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
         self._on_overflow(self, dropped)
+
+    def _abandon(self) -> None:
+        """The socket is gone or closing: accept nothing more and drop what waits.
+
+        Its receive loop sees the disconnect and ends the session, which cleans up.
+        """
+        self._closing = True
+        self._discard_queue()
 
     def _discard_queue(self) -> None:
         self._queue.clear()
@@ -302,9 +310,7 @@ class Connection:
                     await send({"type": "websocket.send", "bytes": message.data})
                 counters.delivered += 1
         except SEND_ERRORS:
-            # The client went away; its receive loop sees the disconnect and cleans up.
-            self._closing = True
-            self._discard_queue()
+            self._abandon()
 
     async def _send_close(self, code: int, reason: str) -> None:
         try:
