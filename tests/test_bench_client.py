@@ -4,13 +4,16 @@ counting, payload timestamps, publishing with a window, pings."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
 from bench import protocol as wsp
-from bench.client import Publisher, Worker
+from bench.client import SO_TIMESTAMPNS, Publisher, Worker
 
 
 class NullPipe:
@@ -21,7 +24,36 @@ class NullPipe:
         return -1
 
 
+@contextlib.contextmanager
+def kernel_timestamps_on() -> Iterator[None]:
+    """Hold the kernel's receive timestamps on for the block.
+
+    Linux switches TCP receive timestamps on with deferred work when the first socket asks
+    for them (and off when the last one closes): until then a read carries no timestamp.
+    A loopback pair with SO_TIMESTAMPNS, kept open, waits for the first stamped read.
+    """
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        sender = socket.create_connection(listener.getsockname())
+        receiver, _ = listener.accept()
+        with sender, receiver:
+            receiver.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            for _ in range(500):
+                sender.send(b"x")
+                _, ancillary, _, _ = receiver.recvmsg(16, 64)
+                if ancillary:
+                    break
+                time.sleep(0.01)
+            else:
+                raise AssertionError("the kernel never stamped a loopback read")
+            yield
+
+
 async def test_subscribers_count_frames_and_publisher_window() -> None:
+    with kernel_timestamps_on():
+        await _count_frames_and_window()
+
+
+async def _count_frames_and_window() -> None:
     clients: set[ServerConnection] = set()
 
     async def handler(ws: ServerConnection) -> None:
