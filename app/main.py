@@ -9,15 +9,14 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.routing import WebSocketRoute
 
-from app.application import FanoutApp
 from app.config import Settings
 from app.logging_setup import configure_logging
 from app.routes import broadcast, echo, errors, pages, stats
+from app.server.application import FanoutApp
+from app.server.socket import ProbeMiddleware
 from app.services.backends import create_backend
-from app.services.broadcast import BroadcastService
-from app.services.server_transport import TransportProbeMiddleware
+from app.services.node import Node
 
 
 def create_app(settings: Settings | None = None) -> FanoutApp:
@@ -28,9 +27,9 @@ def create_app(settings: Settings | None = None) -> FanoutApp:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        service = BroadcastService(settings, create_backend(settings))
-        await service.start()
-        app.state.broadcast = service
+        node = Node(settings, create_backend(settings))
+        await node.start()
+        app.state.node = node
         if settings.gc_freeze:
             # Start-up objects (modules, routes) never die: keep them out of every
             # collection so full collections, which pause the loop, scan less.
@@ -39,18 +38,22 @@ def create_app(settings: Settings | None = None) -> FanoutApp:
         try:
             yield
         finally:
-            await service.stop()
+            await node.stop()
 
+    socket_routes = (*echo.routes, *broadcast.routes)
     app = FanoutApp(
-        routes=[*pages.routes, *stats.routes, *echo.routes, *broadcast.routes, *errors.routes],
-        middleware=[Middleware(TransportProbeMiddleware)],
+        routes=[
+            *pages.routes,
+            *stats.routes,
+            *socket_routes,
+            *errors.fallback_routes(socket_routes, broadcast.http_checks),
+        ],
+        middleware=[Middleware(ProbeMiddleware)],
         exception_handlers={HTTPException: errors.http_error},
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.socket_routes = tuple(
-        r for r in (*echo.routes, *broadcast.routes) if isinstance(r, WebSocketRoute)
-    )
+    app.socket_routes = socket_routes
     return app
 
 

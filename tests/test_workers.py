@@ -24,6 +24,7 @@ import websockets
 from websockets.protocol import State
 
 from app.services.cluster import ClusterView
+from app.services.figures import ConnectionFigures, WorkerFigures, WorkerInfo
 from app.services.message import Message
 from tests.conftest import ServerProcess, eventually, fetch_stats
 
@@ -272,28 +273,32 @@ async def test_stale_sockets_of_a_crashed_run_are_removed(
 def test_a_late_heartbeat_never_replaces_a_newer_one() -> None:
     # Two views of one worker's numbered heartbeats; the other receives them out of order.
     sent: list[Message] = []
-    figures = {"connections": {"total": 1}, "worker": {"pid": 1, "connections": 1}}
+    figures = WorkerFigures(
+        connections=ConnectionFigures(total=1), worker=WorkerInfo(pid=1, connections=1)
+    )
     sender = ClusterView(
         worker_id="h:1",
         interval=1.0,
         expiry=60.0,
         publish=lambda _channel, message: sent.append(message),
-        snapshot=lambda: dict(figures),
+        snapshot=lambda: figures,
     )
     receiver = ClusterView(
         worker_id="h:2",
         interval=1.0,
         expiry=60.0,
         publish=lambda _channel, _message: None,
-        snapshot=lambda: {},
+        snapshot=WorkerFigures,
     )
     sender._send_heartbeat()
-    figures = {"connections": {"total": 2}, "worker": {"pid": 1, "connections": 2}}
+    figures = WorkerFigures(
+        connections=ConnectionFigures(total=2), worker=WorkerInfo(pid=1, connections=2)
+    )
     sender._send_heartbeat()
     older, newer = sent
     receiver.receive(newer)
     receiver.receive(older)
-    assert [stats["connections"]["total"] for _, stats in receiver.peers()] == [2]
+    assert [stats.connections.total for _, stats in receiver.peers()] == [2]
 
     # A restarted worker with the same id (a reused pid) numbers afresh and is heard.
     restarted = ClusterView(
@@ -301,11 +306,11 @@ def test_a_late_heartbeat_never_replaces_a_newer_one() -> None:
         interval=1.0,
         expiry=60.0,
         publish=lambda _channel, message: sent.append(message),
-        snapshot=lambda: {"connections": {"total": 0}},
+        snapshot=lambda: WorkerFigures(connections=ConnectionFigures(total=0)),
     )
     restarted._send_heartbeat()
     receiver.receive(sent[-1])
-    assert [stats["connections"]["total"] for _, stats in receiver.peers()] == [0]
+    assert [stats.connections.total for _, stats in receiver.peers()] == [0]
 
 
 def test_unknown_backend_is_refused_at_start() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
 from app.routes.session import run_session
@@ -22,4 +22,4 @@ def echo(websocket: WebSocket) -> Awaitable[None]:
     return run_session(websocket, endpoint="echo", channel=None, on_message=_echo)
 
 
-routes: list[BaseRoute] = [WebSocketRoute("/ws/echo", echo)]
+routes: list[WebSocketRoute] = [WebSocketRoute("/ws/echo", echo)]

@@ -9,19 +9,12 @@ from typing import Any
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from app.routes.context import broadcast_service, settings_of
+from app.routes.context import broadcast_service, settings_of, stats_service
+from app.server.socket import ServerSocket
 from app.services.broadcast import BroadcastService, peer_of
 from app.services.close_codes import CloseCode
 from app.services.connection import Connection
 from app.services.message import Message
-from app.services.server_transport import (
-    RECEIVE_KEY,
-    direct_writer,
-    mark_denial_sent,
-    release_handshake,
-    slim_protocol,
-    transport_of,
-)
 
 OnMessage = Callable[[BroadcastService, Connection, Message], None]
 """What a socket route does with each message a client sends."""
@@ -37,14 +30,14 @@ the fan-out would fill every healthy client's outbox before any writer ran.
 
 async def deny(websocket: WebSocket, status: int, reason: str, detail: str) -> None:
     """Refuse a handshake with an HTTP status, or a close code where the server can't."""
-    broadcast_service(websocket).reject(reason, peer_of(websocket), websocket.url.path)
+    stats_service(websocket).rejected(reason, peer_of(websocket), websocket.url.path)
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         headers = {"Retry-After": "1"} if status == 503 else None
         response = JSONResponse({"error": reason, "detail": detail}, status, headers=headers)
         await websocket.send_denial_response(response)
-        mark_denial_sent(websocket.scope)
+        ServerSocket(websocket.scope).denial_sent()
     else:
-        code = CloseCode.TRY_AGAIN_LATER if status == 503 else 1008
+        code = CloseCode.TRY_AGAIN_LATER if status == 503 else CloseCode.POLICY_VIOLATION
         await websocket.close(code, detail)
 
 
@@ -56,24 +49,18 @@ async def run_session(
     if not service.has_capacity():
         await deny(websocket, 503, "capacity", "server at its connection limit; retry later")
         return
-    slim_protocol(websocket.scope)  # before direct_writer(), which keeps .writable
-    settings = settings_of(websocket)
-    limit = settings.max_message_bytes
-    conn = service.connect(
-        websocket,
-        endpoint=endpoint,
-        channel=channel,
-        transport=transport_of(websocket.scope),
-        direct=direct_writer(websocket.scope) if settings.direct_writes else None,
-    )
+    stats = service.stats  # shared: a bound method here would cost every idle socket
+    limit = settings_of(websocket).max_message_bytes
+    server_socket = ServerSocket(websocket.scope)
+    conn = service.connect(websocket, server_socket, endpoint=endpoint, channel=channel)
     code: int = CloseCode.NO_STATUS
     unyielded = 0
     try:
         await websocket.accept()
-        release_handshake(websocket.scope, direct=conn.path == "direct")
+        server_socket.after_accept(websocket.scope, direct=conn.path == "direct")
         conn.start()
         # After accept, Starlette's receive only adds state checks the loop does not need.
-        receive = websocket.scope.get(RECEIVE_KEY, websocket.receive)
+        receive = ServerSocket.receive_of(websocket.scope, websocket.receive)
         while True:
             event: Any = await receive()
             if event["type"] == "websocket.disconnect":
@@ -87,7 +74,7 @@ async def run_session(
                 code = CloseCode.MESSAGE_TOO_BIG
                 conn.close(code, f"message of {message.size} bytes exceeds {limit}")
                 break
-            service.received()
+            stats.received()
             on_message(service, conn, message)
             unyielded += 1
             if unyielded == YIELD_EVERY:

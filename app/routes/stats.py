@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from app.routes.context import broadcast_service
+from app.routes.context import node_of
 
 
 async def stats(request: Request) -> JSONResponse:
@@ -16,13 +16,12 @@ async def stats(request: Request) -> JSONResponse:
     heartbeat); ``worker``, ``backend`` and ``uptime_seconds`` are this worker's own, and
     ``workers`` lists each worker's.
     """
-    return JSONResponse(broadcast_service(request).cluster_snapshot())
+    return JSONResponse(node_of(request).cluster_figures())
 
 
 async def healthz(request: Request) -> JSONResponse:
     """200 while the backend is up, 503 when it is down (local delivery still works)."""
-    service = broadcast_service(request)
-    backend = service.backend.status()
+    backend = node_of(request).backend.status()
     up = backend.get("status") == "up"
     body = {"status": "ok" if up else "degraded", "backend": backend}
     return JSONResponse(body, status_code=200 if up else 503)

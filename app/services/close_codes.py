@@ -18,6 +18,8 @@ class CloseCode(IntEnum):
     ABNORMAL = 1006
     INVALID_UTF8 = 1007
     """A text frame was not valid UTF-8 (sent by the WebSocket protocol layer)."""
+    POLICY_VIOLATION = 1008
+    """A handshake refused where the server cannot answer with an HTTP status."""
     MESSAGE_TOO_BIG = 1009
     """A message exceeded FANOUT_MAX_MESSAGE_BYTES."""
     INTERNAL_ERROR = 1011

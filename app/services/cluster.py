@@ -21,22 +21,20 @@ import json
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
+from app.logging_setup import LOGGER_NAME
 from app.services.backends.base import CONTROL_CHANNEL
+from app.services.figures import WorkerFigures, add_up
 from app.services.message import Message
 
-logger = logging.getLogger("fanout")
+logger = logging.getLogger(LOGGER_NAME)
 
 MAX_PEERS = 4096
 """More workers than this in one cluster is a misconfiguration (or noise): ignore the rest."""
-
-SUMMED = ("slow_consumer_disconnects", "connections_opened")
-"""Per-worker numbers whose cluster figure is the sum."""
-SUMMED_MAPS = ("channels", "messages", "rejected", "closes", "http_errors")
-"""Per-worker maps whose cluster figure is the sum per key."""
 
 
 class ClusterView:
@@ -49,14 +47,14 @@ class ClusterView:
         interval: float,
         expiry: float,
         publish: Callable[[str, Message], None],
-        snapshot: Callable[[], dict[str, Any]],
+        snapshot: Callable[[], WorkerFigures],
     ) -> None:
         self.worker_id = worker_id
         self.interval = interval
         self.expiry = expiry
         self._publish = publish
         self._snapshot = snapshot
-        self._peers: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._peers: dict[str, tuple[float, WorkerFigures]] = {}
         """Other workers' snapshots by worker id, with the monotonic time they arrived."""
         self._order: dict[str, tuple[str, int]] = {}
         """Other workers' (boot, seq) of the heartbeat kept in ``_peers``."""
@@ -89,9 +87,7 @@ class ClusterView:
             if not isinstance(worker_id, str) or worker_id == self.worker_id:
                 return
             if kind == "heartbeat":
-                stats = body["stats"]
-                if not isinstance(stats, dict):
-                    raise TypeError("stats is not an object")
+                stats = msgspec.convert(body["stats"], WorkerFigures)
                 order = _order(body)
                 known = worker_id in self._peers
                 if known and order is not None:
@@ -111,10 +107,10 @@ class ClusterView:
             elif kind == "bye":
                 self._peers.pop(worker_id, None)
                 self._order.pop(worker_id, None)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, msgspec.ValidationError) as exc:
             logger.warning("ignoring a malformed control message: %s", exc)
 
-    def peers(self) -> list[tuple[float, dict[str, Any]]]:
+    def peers(self) -> list[tuple[float, WorkerFigures]]:
         """Other workers' (heartbeat age in seconds, snapshot), expired entries dropped."""
         now = time.monotonic()
         expired = [wid for wid, (at, _) in self._peers.items() if now - at > self.expiry]
@@ -123,26 +119,17 @@ class ClusterView:
             self._order.pop(wid, None)
         return [(now - at, stats) for at, stats in self._peers.values()]
 
-    def merged(self, own: dict[str, Any]) -> dict[str, Any]:
-        """/stats: ``own`` (this worker's live snapshot) merged with every live peer's."""
+    def merged(self, own: WorkerFigures) -> dict[str, Any]:
+        """/stats: ``own`` (this worker's live figures) added up with every live peer's."""
         peers = self.peers()
-        everyone = [own, *(stats for _, stats in peers)]
-        result = dict(own)
-        result["connections"] = _sum_section([stats.get("connections", {}) for stats in everyone])
-        for key in SUMMED:
-            result[key] = sum(int(stats.get(key, 0)) for stats in everyone)
-        for key in SUMMED_MAPS:
-            summed: Counter[str] = Counter()
-            for stats in everyone:
-                summed.update(stats.get(key, {}))
-            result[key] = dict(sorted(summed.items()))
+        result: dict[str, Any] = msgspec.to_builtins(add_up([own, *(f for _, f in peers)]))
         workers = [_worker_entry(own, 0.0)]
-        workers += [_worker_entry(stats, age) for age, stats in peers]
-        workers.sort(key=lambda w: (str(w.get("host")), int(w.get("pid") or 0)))
+        workers += [_worker_entry(figures, age) for age, figures in peers]
+        workers.sort(key=lambda w: (str(w["host"]), int(w["pid"])))
         result["workers"] = workers
         result["cluster"] = {
             "workers": len(workers),
-            "hosts": len({w.get("host") for w in workers}),
+            "hosts": len({w["host"] for w in workers}),
             "heartbeat_interval_seconds": self.interval,
             "expiry_seconds": self.expiry,
         }
@@ -160,7 +147,7 @@ class ClusterView:
                 "id": self.worker_id,
                 "boot": self._boot,
                 "seq": next(self._seq),
-                "stats": self._snapshot(),
+                "stats": msgspec.to_builtins(self._snapshot()),
             }
         )
 
@@ -176,23 +163,10 @@ def _order(body: dict[str, Any]) -> tuple[str, int] | None:
     return None
 
 
-def _sum_section(sections: list[dict[str, Any]]) -> dict[str, Any]:
-    """Sum numbers, and maps of numbers per key (``total``, ``by_endpoint``, ``by_path``)."""
-    result: dict[str, Any] = {}
-    for section in sections:
-        for key, value in section.items():
-            if isinstance(value, dict):
-                counts: Counter[str] = result.setdefault(key, Counter())
-                counts.update(value)
-            elif isinstance(value, int | float):
-                result[key] = result.get(key, 0) + value
-    return {k: dict(sorted(v.items())) if isinstance(v, Counter) else v for k, v in result.items()}
-
-
-def _worker_entry(stats: dict[str, Any], age: float) -> dict[str, Any]:
-    worker = dict(stats.get("worker", {}))
-    worker["backend"] = stats.get("backend")
-    worker["messages"] = stats.get("messages")
-    worker["slow_consumer_disconnects"] = stats.get("slow_consumer_disconnects", 0)
+def _worker_entry(figures: WorkerFigures, age: float) -> dict[str, Any]:
+    worker: dict[str, Any] = msgspec.to_builtins(figures.worker)
+    worker["backend"] = figures.backend
+    worker["messages"] = msgspec.to_builtins(figures.messages)
+    worker["slow_consumer_disconnects"] = figures.slow_consumer_disconnects
     worker["heartbeat_age_seconds"] = round(age, 3)
     return worker

@@ -7,7 +7,7 @@ from starlette.routing import Match, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from app.services.server_transport import RECEIVE_KEY, SCOPE_KEY
+from app.server.socket import probe
 
 
 class FanoutApp(Starlette):
@@ -23,14 +23,29 @@ class FanoutApp(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
+            route = self._socket_route(scope)
+            if route is not None:
+                probe(scope, receive, send)  # ProbeMiddleware does it on the long way round
+                await route.endpoint(WebSocket(scope, receive, send))
+                return
+        await super().__call__(scope, receive, send)
+
+    def _socket_route(self, scope: Scope) -> WebSocketRoute | None:
+        """The socket route for this handshake, updating ``scope`` as the router would.
+
+        One trailing slash is forgiven (``/ws/echo/`` is ``/ws/echo``): browsers and
+        clients that build URLs by joining paths add one, and a WebSocket has no redirect.
+        """
+        path: str = scope["path"]
+        candidates = [scope]
+        if len(path) > 1 and path.endswith("/"):
+            candidates.append({**scope, "path": path[:-1]})
+        for candidate in candidates:
             for route in self.socket_routes:
-                match, child_scope = route.matches(scope)
+                match, child_scope = route.matches(candidate)
                 if match is Match.FULL:
+                    scope["path"] = candidate["path"]
                     scope["app"] = self
                     scope.update(child_scope)
-                    # What TransportProbeMiddleware does on the long way round.
-                    scope[SCOPE_KEY] = getattr(send, "__self__", None)
-                    scope[RECEIVE_KEY] = receive
-                    await route.endpoint(WebSocket(scope, receive, send))
-                    return
-        await super().__call__(scope, receive, send)
+                    return route
+        return None

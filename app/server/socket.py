@@ -1,0 +1,115 @@
+"""ServerSocket: the one place Fanout reaches below ASGI, into the server's protocol.
+
+ASGI gives an application no way to abort a socket whose peer has stopped reading:
+uvicorn's ``send`` waits while the write buffer is full, and ``transport.close()``
+waits for that buffer to flush, so a client that never reads would hold its
+connection (and uvicorn's shutdown) forever. uvicorn's WebSocket protocols hand the
+application a bound ``send`` method of an object whose ``transport`` is the asyncio
+transport; where that holds, Fanout keeps a handle to it and can abort. Where it does
+not (another ASGI server, a wrapped ``send``), everything still works through ASGI,
+only without the forced abort.
+
+The same handle gives the broadcast fast path (:class:`~app.server.direct.DirectWriter`)
+and the per-connection memory trims (:mod:`app.server.trims`) on uvicorn's default
+WebSocket protocol (websockets-sansio). Tested with uvicorn 0.54 (the version pyproject.toml
+pins); moving the pin means re-checking this package and nothing else. Any other protocol
+(``--ws wsproto``, ``--ws websockets``), another ASGI server (hypercorn) or a uvicorn without
+the attributes used here gets the plain ASGI path, which the test suite runs too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.server import trims
+from app.server.direct import DirectWriter, direct_writer_for
+
+_PROTOCOL_KEY = "fanout.server_protocol"
+"""Scope key: the server's protocol object behind ``send`` (None where it is hidden)."""
+_RECEIVE_KEY = "fanout.receive"
+"""Scope key: the server's own ``receive``, so the session loop awaits it without
+Starlette's wrapper coroutine, one frame (~0.5 KB) less per idle socket."""
+
+
+def probe(scope: Scope, receive: Receive, send: Send) -> None:
+    """Record the server's protocol and ``receive`` in a WebSocket ``scope``."""
+    scope[_PROTOCOL_KEY] = getattr(send, "__self__", None)
+    scope[_RECEIVE_KEY] = receive
+
+
+class ProbeMiddleware:
+    """ASGI middleware that probes WebSocket scopes on Starlette's long way round."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and _PROTOCOL_KEY not in scope:
+            probe(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+class ServerSocket:
+    """One WebSocket connection as the server holds it, for the few things ASGI can't do.
+
+    The session calls, in this order: :meth:`before_accept` (memory trims that must happen
+    while nothing waits on the protocol), :meth:`direct_writer` (the fast path, or None),
+    the ASGI accept, then :meth:`after_accept`. A refused handshake calls
+    :meth:`denial_sent` instead. :meth:`abort` ends a socket whose peer stopped reading.
+    """
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, scope: Scope) -> None:
+        self._protocol: Any = scope.get(_PROTOCOL_KEY)
+
+    @staticmethod
+    def receive_of(scope: Scope, fallback: Receive) -> Receive:
+        """The server's own ``receive`` where it was probed, else ``fallback``."""
+        receive: Receive = scope.get(_RECEIVE_KEY, fallback)
+        return receive
+
+    def before_accept(self) -> None:
+        """Trim the protocol's receive queue and writable event (uvicorn sansio only)."""
+        trims.slim_protocol(self._protocol)
+
+    def direct_writer(self) -> DirectWriter | None:
+        """The direct write path for this socket, or None where it is unsafe."""
+        return direct_writer_for(self._protocol)
+
+    def after_accept(self, scope: Scope, *, direct: bool) -> None:
+        """Drop what the server keeps of the finished handshake (and an unused compressor)."""
+        trims.release_handshake(self._protocol, direct=direct)
+        scope["headers"] = []  # the app's copy, read (if at all) before accept()
+
+    def denial_sent(self) -> None:
+        """Tell uvicorn's websockets-sansio protocol that a denial response ended the handshake.
+
+        Without this, uvicorn 0.54 logs "ASGI callable returned without completing handshake"
+        at ERROR after every HTTP denial response (uvicorn pull request 3138 fixes it the same
+        way); the wsproto and legacy websockets protocols already set the flag themselves.
+        """
+        protocol = self._protocol
+        if getattr(protocol, "initial_response", None) is not None and hasattr(
+            protocol, "handshake_complete"
+        ):
+            protocol.handshake_complete = True
+
+    @property
+    def can_abort(self) -> bool:
+        """Whether :meth:`abort` reaches a transport here."""
+        return callable(getattr(getattr(self._protocol, "transport", None), "abort", None))
+
+    def abort(self) -> None:
+        """Drop the connection at once, whatever waits in its buffers (no-op where hidden)."""
+        abort = getattr(getattr(self._protocol, "transport", None), "abort", None)
+        if callable(abort):
+            abort()
+
+    def abort_later(self, delay: float) -> None:
+        """:meth:`abort` in ``delay`` seconds: the peer's time to finish the close handshake."""
+        if self.can_abort:
+            asyncio.get_running_loop().call_later(delay, self.abort)

@@ -1,0 +1,210 @@
+"""StatsService: a worker's counters, its log lines about traffic, and its figures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from app.logging_setup import LOGGER_NAME
+from app.services.close_codes import PROTOCOL_ERRORS, CloseCode
+from app.services.connection import Connection
+from app.services.counters import Counters
+from app.services.figures import ConnectionFigures, MessageFigures, WorkerFigures, WorkerInfo
+from app.services.gc_monitor import GcMonitor
+
+logger = logging.getLogger(LOGGER_NAME)
+
+WRITE_PATHS = ("asgi", "direct")
+"""How a connection's messages reach its socket (see Connection.path)."""
+ENDPOINTS = ("broadcast", "echo")
+"""Socket endpoints /stats always reports, with zero when nobody is connected."""
+
+QUIET_LOG_EVERY = 20
+"""An unchanged worker still writes its status line every this many intervals."""
+
+
+class StatsService:
+    """Counts and reports what happens on this worker; owns no connection.
+
+    Services and routes report through its methods (a refused handshake, an HTTP error, a
+    connection opened or closed, a slow consumer, a gap) and it counts, logs one line, and
+    folds everything into :meth:`figures`. The hot path (deliveries, received messages)
+    increments :attr:`counters` directly: one integer add, no call.
+    """
+
+    def __init__(self, *, log_interval: float) -> None:
+        self.counters = Counters()
+        self.gc_monitor = GcMonitor()
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.worker_id = f"{self.host}:{self.pid}"
+        self.gap_notices = 0
+        self.connections = 0
+        self._by_endpoint: dict[str, int] = dict.fromkeys(ENDPOINTS, 0)
+        self._by_path: dict[str, int] = dict.fromkeys(WRITE_PATHS, 0)
+        self._log_interval = log_interval
+        self._started_at = time.monotonic()
+        self._log_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start timing GC pauses and, if configured, the periodic status line."""
+        self._started_at = time.monotonic()
+        self.gc_monitor.start()
+        if self._log_interval > 0:
+            self._log_task = asyncio.create_task(self._log_status(), name="fanout-stats-log")
+
+    async def stop(self) -> None:
+        """Stop the status line and the GC timing."""
+        if self._log_task is not None:
+            self._log_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._log_task
+            self._log_task = None
+        self.gc_monitor.stop()
+
+    def uptime(self) -> float:
+        """Seconds since the service started."""
+        return time.monotonic() - self._started_at
+
+    # -- reports ----------------------------------------------------------------------------
+
+    def opened(self, conn: Connection) -> None:
+        """A client was registered (before its handshake completes)."""
+        self.connections += 1
+        self._by_endpoint[conn.endpoint] = self._by_endpoint.get(conn.endpoint, 0) + 1
+        self._by_path[conn.path] += 1
+        self.counters.connections_opened += 1
+        logger.info(
+            "connect %s peer=%s id=%s path=%s (connections: %d)",
+            label(conn),
+            conn.peer,
+            self.client_id(conn),
+            conn.path,
+            self.connections,
+        )
+
+    def closed(self, conn: Connection, code: int) -> None:
+        """A client's session ended with ``code``."""
+        self.connections -= 1
+        self._by_endpoint[conn.endpoint] -= 1
+        self._by_path[conn.path] -= 1
+        self.counters.closes[code] += 1
+        level = logging.WARNING if code in PROTOCOL_ERRORS else logging.INFO
+        logger.log(
+            level,
+            "disconnect %s peer=%s id=%s code=%d (connections: %d)",
+            label(conn),
+            conn.peer,
+            self.client_id(conn),
+            code,
+            self.connections,
+        )
+
+    def slow_consumer(self, conn: Connection, dropped: int) -> None:
+        """``conn``'s outbox overflowed; ``dropped`` messages were discarded."""
+        self.counters.slow_consumer_disconnects += 1
+        self.counters.dropped += dropped
+        logger.warning(
+            "slow consumer %s peer=%s id=%s: outbox full, %d message(s) dropped, closing with %d",
+            label(conn),
+            conn.peer,
+            self.client_id(conn),
+            dropped,
+            CloseCode.SLOW_CONSUMER,
+        )
+
+    def rejected(self, reason: str, peer: str, path: str) -> None:
+        """A handshake was refused for ``reason``."""
+        self.counters.rejected[reason] += 1
+        logger.warning("rejected %s from %s: %s", path, peer, reason)
+
+    def received(self) -> None:
+        """One message arrived from a client."""
+        self.counters.received += 1
+
+    def http_error(self, status: int) -> None:
+        """An HTTP request was answered with error ``status``."""
+        self.counters.http_errors[status] += 1
+
+    def gap(self, reason: str, subscribers: int) -> None:
+        """``subscribers`` were told that messages from elsewhere may be missing."""
+        self.gap_notices += 1
+        logger.warning(
+            "backend gap (%s): telling %d subscriber(s) messages may be missing",
+            reason,
+            subscribers,
+        )
+
+    def client_id(self, conn: Connection) -> str:
+        """``conn``'s id as log lines show it: unique across the workers of a host."""
+        return f"{self.pid}.{conn.id}"
+
+    # -- figures ----------------------------------------------------------------------------
+
+    def figures(self, channels: Mapping[str, int], backend: dict[str, Any]) -> WorkerFigures:
+        """This worker's figures, given its channels' subscriber counts and backend status."""
+        c = self.counters
+        uptime = round(self.uptime(), 3)
+        return WorkerFigures(
+            uptime_seconds=uptime,
+            backend=backend,
+            connections=ConnectionFigures(
+                total=self.connections,
+                by_endpoint=dict(sorted(self._by_endpoint.items())),
+                by_path=dict(sorted(self._by_path.items())),
+            ),
+            channels=dict(sorted(channels.items())),
+            messages=MessageFigures(received=c.received, delivered=c.delivered, dropped=c.dropped),
+            slow_consumer_disconnects=c.slow_consumer_disconnects,
+            gap_notices=self.gap_notices,
+            connections_opened=c.connections_opened,
+            rejected=dict(sorted(c.rejected.items())),
+            closes={str(code): n for code, n in sorted(c.closes.items())},
+            http_errors={str(status): n for status, n in sorted(c.http_errors.items())},
+            worker=WorkerInfo(
+                id=self.worker_id,
+                pid=self.pid,
+                host=self.host,
+                connections=self.connections,
+                uptime_seconds=uptime,
+                gc=self.gc_monitor.snapshot(),
+            ),
+        )
+
+    async def _log_status(self) -> None:
+        """One status line per interval when something changed, else every so often."""
+        last: tuple[Any, ...] = ()
+        quiet = 0
+        while True:
+            await asyncio.sleep(self._log_interval)
+            c = self.counters
+            status = (
+                self.connections,
+                tuple(sorted(self._by_endpoint.items())),
+                c.received,
+                c.delivered,
+                c.slow_consumer_disconnects,
+            )
+            quiet += 1
+            if status == last and quiet < QUIET_LOG_EVERY:
+                continue
+            last, quiet = status, 0
+            logger.info(
+                "connections: %d (%s) received=%d delivered=%d slow_consumers=%d",
+                self.connections,
+                ", ".join(f"{k}={v}" for k, v in sorted(self._by_endpoint.items()) if v) or "-",
+                c.received,
+                c.delivered,
+                c.slow_consumer_disconnects,
+            )
+
+
+def label(conn: Connection) -> str:
+    """A connection's endpoint and channel as log lines show them."""
+    return conn.endpoint if conn.channel is None else f"{conn.endpoint}#{conn.channel}"

@@ -1,0 +1,1 @@
+"""Typed helpers the tests share: servers, clients, waiting, fakes."""
