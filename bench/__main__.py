@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="shorter runs (about 10 minutes)")
+    p.add_argument("--only", nargs="+", help="plan keys to run (fanout-1000 latency memory ...)")
     p.add_argument("--subscribers", type=int, nargs="+", help="fan-out sizes (100 1000 5000 10000)")
     p.add_argument("--out", help="JSON results file (default bench/results/compare-<time>.json)")
     p.add_argument(

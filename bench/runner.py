@@ -151,6 +151,8 @@ def main(args: argparse.Namespace) -> None:
         if n not in specs:
             raise SystemExit(f"unknown server {n!r}; choose from {', '.join(specs)}")
     items = plan(args.quick, args.subscribers or [100, 1000, 5000, 10000])
+    if args.only:
+        items = [i for i in items if i.key in args.only]
     runs: list[dict[str, Any]] = []
     todo = [
         (item, rep, names[(i + rep) % len(names) :] + names[: (i + rep) % len(names)])

@@ -34,6 +34,8 @@ class ServerSpec:
     workers: int = 1
     description: str = ""
     prepare: Callable[[], None] | None = None
+    cwd: Path | None = None
+    """Directory to run from (default APP_DIR): another checkout for a before/after run."""
 
 
 def free_port() -> int:
@@ -79,7 +81,23 @@ _ENV_NOTE = " ".join(f"{k}={v}" for k, v in FANOUT_ENV.items())
 
 def server_specs(workers: int = 2) -> dict[str, ServerSpec]:
     node = shutil.which("node") or "node"
-    return {
+    # BENCH_BASELINE_DIR: an exported older commit, measured as "fanout-before" in the same
+    # run as today's code, so a refactor's before/after share one machine state.
+    baseline = os.environ.get("BENCH_BASELINE_DIR", "")
+    extra = (
+        {
+            "fanout-before": ServerSpec(
+                "fanout-before",
+                _uvicorn("app.main:app"),
+                dict(FANOUT_ENV),
+                description=f"Fanout at {baseline}, 1 uvicorn worker ({_ENV_NOTE})",
+                cwd=Path(baseline),
+            )
+        }
+        if baseline
+        else {}
+    )
+    return extra | {
         "fanout": ServerSpec(
             "fanout",
             _uvicorn("app.main:app"),
@@ -278,7 +296,7 @@ def start_server(
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             argv,
-            cwd=APP_DIR,
+            cwd=spec.cwd or APP_DIR,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
