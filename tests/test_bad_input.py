@@ -9,9 +9,10 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
-from tests.conftest import ServerProcess, fetch_stats
-from tests.helpers import assert_still_serving
-from tests.rawws import OP_BINARY, OP_TEXT, RawClient
+from tests.support.clients import assert_still_serving
+from tests.support.rawws import OP_BINARY, OP_TEXT, RawClient
+from tests.support.servers import ServerProcess
+from tests.support.stats import fetch_stats
 
 LIMIT = 65_536
 

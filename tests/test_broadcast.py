@@ -6,8 +6,10 @@ import asyncio
 
 import websockets
 
-from tests.conftest import ServerProcess, eventually, fetch_stats
-from tests.helpers import channel_has, receive_many, total_is
+from tests.support.clients import receive_many
+from tests.support.servers import ServerProcess
+from tests.support.stats import channel_has, fetch_stats, total_is
+from tests.support.waiting import eventually
 
 
 async def test_every_client_gets_every_message_sender_included(server: ServerProcess) -> None:

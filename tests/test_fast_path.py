@@ -9,9 +9,10 @@ import websockets
 from websockets.frames import Frame, Opcode
 
 from app.services.message import Message
-from tests.conftest import ServerProcess, eventually, fetch_stats
-from tests.helpers import channel_has
-from tests.rawws import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawClient
+from tests.support.rawws import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawClient
+from tests.support.servers import ServerProcess
+from tests.support.stats import channel_has, fetch_stats
+from tests.support.waiting import eventually
 
 SIZES = [0, 1, 125, 126, 127, 65_535, 65_536, 70_000]
 

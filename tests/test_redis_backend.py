@@ -15,10 +15,10 @@ import httpx
 import pytest
 import websockets
 
-from tests.conftest import ServerProcess, eventually, fetch_stats
-from tests.redis_server import RedisServer, redis_server
-
-__all__ = ["redis_server"]  # the fixture, imported for pytest
+from tests.support.redis_server import RedisServer
+from tests.support.servers import ServerProcess
+from tests.support.stats import fetch_stats
+from tests.support.waiting import eventually
 
 Client = websockets.ClientConnection
 FAST = {"FANOUT_HEARTBEAT_INTERVAL": "0.25", "FANOUT_HEARTBEAT_EXPIRY": "1.5"}

@@ -8,9 +8,10 @@ import signal
 import pytest
 import websockets
 
-from tests.conftest import ServerProcess, eventually
-from tests.helpers import total_is
-from tests.rawws import RawClient
+from tests.support.rawws import RawClient
+from tests.support.servers import ServerProcess
+from tests.support.stats import total_is
+from tests.support.waiting import eventually
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -6,9 +6,11 @@ import asyncio
 
 import websockets
 
-from tests.conftest import ServerProcess, eventually, fetch_stats
-from tests.helpers import assert_still_serving, channel_has, receive_many
-from tests.rawws import RawClient
+from tests.support.clients import assert_still_serving, receive_many
+from tests.support.rawws import RawClient
+from tests.support.servers import ServerProcess
+from tests.support.stats import channel_has, fetch_stats
+from tests.support.waiting import eventually
 
 MESSAGE = 8 * 1024
 COUNT = 1200  # about 10 MB through the stalled client's share of the server

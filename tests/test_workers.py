@@ -25,7 +25,9 @@ from websockets.protocol import State
 
 from app.services.cluster import ClusterView
 from app.services.message import Message
-from tests.conftest import ServerProcess, eventually, fetch_stats
+from tests.support.servers import ServerProcess
+from tests.support.stats import fetch_stats
+from tests.support.waiting import eventually
 
 Client = websockets.ClientConnection
 FAST_HEARTBEAT = {"FANOUT_HEARTBEAT_INTERVAL": "0.25", "FANOUT_HEARTBEAT_EXPIRY": "1.5"}
