@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -11,16 +12,17 @@ from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from tests.support.clients import assert_still_serving
 from tests.support.rawws import OP_BINARY, OP_TEXT, RawClient
-from tests.support.servers import ServerProcess
+from tests.support.servers import ServerProcess, StartServer
 from tests.support.stats import fetch_stats
 
 LIMIT = 65_536
 
 
 @pytest.fixture(scope="module")
-def server() -> ServerProcess:  # type: ignore[override]
+def server() -> Iterator[ServerProcess]:
+    """This module's own server, with a small message limit, instead of conftest's."""
     proc = ServerProcess({"FANOUT_MAX_MESSAGE_BYTES": str(LIMIT)}).start()
-    yield proc  # type: ignore[misc]
+    yield proc
     proc.stop()
 
 
@@ -149,7 +151,7 @@ async def test_refused_socket_paths(
     await assert_still_serving(server)
 
 
-async def test_connection_limit_refuses_with_503(start_server) -> None:  # type: ignore[no-untyped-def]
+async def test_connection_limit_refuses_with_503(start_server: StartServer) -> None:
     server = start_server({"FANOUT_MAX_CONNECTIONS": "2"})
     a = await websockets.connect(server.ws("/ws/broadcast"))
     b = await websockets.connect(server.ws("/ws/echo"))

@@ -6,7 +6,7 @@ import asyncio
 
 import websockets
 
-from tests.support.clients import receive_many
+from tests.support.clients import all_text, receive_many
 from tests.support.servers import ServerProcess
 from tests.support.stats import channel_has, fetch_stats, total_is
 from tests.support.waiting import eventually
@@ -38,7 +38,7 @@ async def test_each_senders_order_is_kept(server: ServerProcess) -> None:
         received = await asyncio.gather(*(receive_many(ws, 3 * n, within=10) for ws in clients))
         await sent
         for messages in received:
-            assert all(isinstance(m, str) for m in messages)
+            assert all_text(messages)
             seen: dict[str, list[int]] = {f"s{i}": [] for i in range(3)}
             for msg in messages:
                 sender, number = msg.split(":")

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from websockets.protocol import State
 
 from app.services.cluster import ClusterView
 from app.services.message import Message
-from tests.support.servers import ServerProcess
+from tests.support.servers import ServerProcess, StartServer
 from tests.support.stats import fetch_stats
 from tests.support.waiting import eventually
 
@@ -141,7 +141,7 @@ async def close_all(clients: list[Client]) -> None:
 
 
 async def test_four_workers_every_client_gets_every_message_once(
-    start_server: Callable[..., ServerProcess], local_dir: Path
+    start_server: StartServer, local_dir: Path
 ) -> None:
     server = start_server(env={"FANOUT_LOCAL_DIR": str(local_dir)}, args=["--workers", "4"])
     assert await eventually(lambda: mesh_complete(server, 4), within=20)
@@ -177,7 +177,7 @@ async def test_four_workers_every_client_gets_every_message_once(
 
 
 async def test_killed_worker_is_replaced_and_rejoins(
-    start_server: Callable[..., ServerProcess], local_dir: Path
+    start_server: StartServer, local_dir: Path
 ) -> None:
     env = {"FANOUT_LOCAL_DIR": str(local_dir), **FAST_HEARTBEAT}
     server = start_server(env=env, args=["--workers", "3"])
@@ -219,7 +219,7 @@ async def test_killed_worker_is_replaced_and_rejoins(
 
 
 async def test_single_servers_never_join_each_other(
-    start_server: Callable[..., ServerProcess], local_dir: Path
+    start_server: StartServer, local_dir: Path
 ) -> None:
     # Two plain servers from one shell share a parent pid and a socket folder: still apart.
     env = {"FANOUT_LOCAL_DIR": str(local_dir)}
@@ -241,7 +241,7 @@ async def test_single_servers_never_join_each_other(
 
 
 async def test_stale_sockets_of_a_crashed_run_are_removed(
-    start_server: Callable[..., ServerProcess], local_dir: Path
+    start_server: StartServer, local_dir: Path
 ) -> None:
     dead = _dead_pid()
     crashed = local_dir / f"sup-{dead}"  # a supervisor that died with its workers
@@ -332,7 +332,7 @@ def _leave_socket_file(path: Path) -> None:
 
 
 async def test_sibling_that_falls_behind_is_dropped_and_told_of_the_gap(
-    start_server: Callable[..., ServerProcess], local_dir: Path
+    start_server: StartServer, local_dir: Path
 ) -> None:
     # Two single-process servers in one named group: which client is where is known, and a
     # stopped process has no supervisor to restart it.
