@@ -112,6 +112,8 @@ class Settings:
             settings.validate()
         except SettingsError as exc:  # name the value as it was typed, not as parsed
             raw = env.get(exc.variable, "").strip()
+            if exc.variable == "FANOUT_BACKEND":
+                raw = _redact(raw)  # never print a password
             if raw:
                 raise SettingsError(exc.variable[len("FANOUT_") :], raw, exc.allowed) from None
             raise
