@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +46,11 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def local_dir() -> Iterator[Path]:
+    """A short private folder for local:// sockets (AF_UNIX paths are short), removed after."""
+    path = Path(tempfile.mkdtemp(prefix="fanout-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +28,6 @@ from tests.support.waiting import eventually
 
 Client = websockets.ClientConnection
 FAST_HEARTBEAT = {"FANOUT_HEARTBEAT_INTERVAL": "0.25", "FANOUT_HEARTBEAT_EXPIRY": "1.5"}
-
-
-@pytest.fixture
-def local_dir() -> Iterator[Path]:
-    """A short private folder for the workers' sockets (AF_UNIX paths are short)."""
-    path = Path(tempfile.mkdtemp(prefix="fanout-test-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 async def mesh_complete(server: ServerProcess, workers: int) -> bool:
