@@ -285,15 +285,6 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
 def _check_local_dir(directory: str, group: str) -> None:
     """FANOUT_LOCAL_DIR must be a folder this user can create sockets in (or create)."""
     path = Path(directory)
-    # local:// appends /<group>/<pid>.sock; the default group is sup-<pid>, pids have <= 7 digits.
-    longest = _SOCKET_PATH_MAX - len(f"/{group or 'sup-4194304'}/4194304.sock")
-    if len(os.fsencode(path)) > longest:
-        raise SettingsError(
-            "local_dir",
-            directory,
-            f"expected a path of at most {longest} bytes (Unix socket paths under it are"
-            f" limited to {_SOCKET_PATH_MAX})",
-        )
     existing = path
     while not existing.exists():
         if existing.is_symlink():  # a dangling link: creating the folder would fail
@@ -307,6 +298,15 @@ def _check_local_dir(directory: str, group: str) -> None:
         what = "exists but is" if existing == path else f"would be created in {existing}, which is"
         raise SettingsError(
             "local_dir", directory, f"expected a writable folder; it {what} not writable"
+        )
+    # local:// appends /<group>/<pid>.sock; the default group is sup-<pid>, pids have <= 7 digits.
+    longest = _SOCKET_PATH_MAX - len(f"/{group or 'sup-4194304'}/4194304.sock")
+    if len(os.fsencode(path)) > longest:
+        raise SettingsError(
+            "local_dir",
+            directory,
+            f"expected a path of at most {longest} bytes (Unix socket paths under it are"
+            f" limited to {_SOCKET_PATH_MAX})",
         )
 
 
