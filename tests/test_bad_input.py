@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 import httpx
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
-from tests.conftest import ServerProcess, fetch_stats
-from tests.helpers import assert_still_serving
-from tests.rawws import OP_BINARY, OP_TEXT, RawClient
+from tests.support.clients import assert_still_serving
+from tests.support.rawws import OP_BINARY, OP_TEXT, RawClient
+from tests.support.servers import ServerProcess, StartServer
+from tests.support.stats import fetch_stats
 
 LIMIT = 65_536
 
 
 @pytest.fixture(scope="module")
-def server() -> ServerProcess:  # type: ignore[override]
+def server() -> Iterator[ServerProcess]:
+    """This module's own server, with a small message limit, instead of conftest's."""
     proc = ServerProcess({"FANOUT_MAX_MESSAGE_BYTES": str(LIMIT)}).start()
-    yield proc  # type: ignore[misc]
+    yield proc
     proc.stop()
 
 
@@ -148,7 +151,7 @@ async def test_refused_socket_paths(
     await assert_still_serving(server)
 
 
-async def test_connection_limit_refuses_with_503(start_server) -> None:  # type: ignore[no-untyped-def]
+async def test_connection_limit_refuses_with_503(start_server: StartServer) -> None:
     server = start_server({"FANOUT_MAX_CONNECTIONS": "2"})
     a = await websockets.connect(server.ws("/ws/broadcast"))
     b = await websockets.connect(server.ws("/ws/echo"))
