@@ -137,7 +137,7 @@ def test_an_unknown_variable_is_one_warning_with_the_closest_name(workers: int) 
         ),
         (
             {"FANOUT_BACKEND": "nats://user:hunter2@host"},
-            "FANOUT_BACKEND='nats://user:***@host': expected memory://",
+            "FANOUT_BACKEND='nats://user:***@host': unknown scheme 'nats'; expected memory://",
         ),
         ({"FANOUT_LOCAL_DIR": "/tmp/" + "d" * 90}, "expected a path of at most 75 bytes"),
     ],
