@@ -178,7 +178,7 @@ class Settings:
             raise SettingsError(
                 "backend",
                 _redact(self.backend),
-                "expected memory://, local:// or redis://host:port/db",
+                f"unknown scheme {scheme!r}; expected memory://, local:// or redis://host:port/db",
             )
         if scheme in ("redis", "rediss", "unix") and importlib.util.find_spec("redis") is None:
             raise SettingsError(

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,7 @@ def _under_a_file(tmp_path: Path) -> str:
     return str(blocker / "sockets")
 
 
-BAD_SETTINGS = {
+BAD_SETTINGS: dict[str, tuple[str, Callable[[Path], str], str]] = {
     "not a number": ("FANOUT_MAX_CONNECTIONS", lambda _: "abc", "whole number"),
     "unknown log level": ("FANOUT_LOG_LEVEL", lambda _: "loud", "critical, error, warning"),
     "local dir under a file": ("FANOUT_LOCAL_DIR", _under_a_file, "not a directory"),
@@ -137,7 +138,7 @@ def test_an_unknown_variable_is_one_warning_with_the_closest_name(workers: int) 
         ),
         (
             {"FANOUT_BACKEND": "nats://user:hunter2@host"},
-            "FANOUT_BACKEND='nats://user:***@host': expected memory://",
+            "FANOUT_BACKEND='nats://user:***@host': unknown scheme 'nats'; expected memory://",
         ),
         ({"FANOUT_LOCAL_DIR": "/tmp/" + "d" * 90}, "expected a path of at most 75 bytes"),
     ],
