@@ -310,7 +310,7 @@ def test_unknown_backend_is_refused_at_start() -> None:
         [sys.executable, "-c", "import app.main"], env=env, capture_output=True, timeout=30
     )
     assert result.returncode != 0
-    assert b"FANOUT_BACKEND='carrier-pigeon://': expected memory://" in result.stderr
+    assert b"FANOUT_BACKEND='carrier-pigeon://': unknown scheme 'carrier-pigeon'" in result.stderr
     assert b"Traceback" not in result.stderr
 
 
