@@ -111,6 +111,31 @@ async def test_plain_get_on_socket_path_is_426(server: ServerProcess, path: str)
     await assert_still_serving(server)
 
 
+async def test_plain_get_on_a_bad_channel_name_is_400_like_its_handshake(
+    server: ServerProcess,
+) -> None:
+    before = await fetch_stats(server)
+    async with httpx.AsyncClient() as http:
+        response = await http.get(server.base + "/ws/broadcast/bad%20name")
+    assert response.status_code == 400
+    assert response.json()["error"] == "bad_channel"
+    after = await fetch_stats(server)
+    assert after["http_errors"].get("400", 0) - before["http_errors"].get("400", 0) == 1
+
+
+@pytest.mark.parametrize("path", ["/ws/echo/", "/ws/broadcast/", "/ws/broadcast/room/"])
+async def test_one_trailing_slash_on_a_socket_path_is_forgiven(
+    server: ServerProcess, path: str
+) -> None:
+    async with websockets.connect(server.ws(path)) as ws:
+        await ws.send("slash")
+        assert await ws.recv() == "slash"
+    with pytest.raises(InvalidStatus) as info:
+        async with websockets.connect(server.ws(path + "/")):
+            pass
+    assert info.value.response.status_code == 404
+
+
 async def test_wrong_websocket_version_is_4xx(server: ServerProcess) -> None:
     client = await RawClient.open(server.port, "/ws/broadcast", version="8")
     # Answered inside uvicorn's protocol layer, before the app is called.
