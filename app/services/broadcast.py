@@ -141,14 +141,22 @@ class BroadcastService:
         for conn in members.values():
             conn.offer(message)
 
-    def gap(self, reason: str) -> None:
-        """Tell every local subscriber that messages from elsewhere may have been missed."""
+    def gap(self, reason: str, channel: str | None = None, /) -> None:
+        """Tell local subscribers that messages from elsewhere may have been missed: those of
+        ``channel``, or every one when it is None."""
+        if channel is None:
+            groups = list(self._channels.values())
+        else:
+            members = self._channels.get(channel)
+            if not members:
+                return
+            groups = [members]
         notice = Message.from_text(
             json.dumps({"type": GAP_NOTICE_TYPE, "reason": reason}, separators=(",", ":"))
         )
-        self.stats.gap(reason, sum(len(m) for m in self._channels.values()))
-        for members in self._channels.values():
-            for conn in members.values():
+        self.stats.gap(reason, sum(len(m) for m in groups), channel)
+        for group in groups:
+            for conn in group.values():
                 conn.offer(notice)
 
 

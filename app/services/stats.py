@@ -132,9 +132,13 @@ class StatsService:
         """An HTTP request was answered with error ``status``."""
         self.counters.http_errors[status] += 1
 
-    def gap(self, reason: str, subscribers: int) -> None:
-        """``subscribers`` were told that messages from elsewhere may be missing."""
+    def gap(self, reason: str, subscribers: int, channel: str | None = None) -> None:
+        """``subscribers`` (of ``channel``, or of every channel) were told that messages from
+        elsewhere may be missing. A notice to one channel is logged by the backend that saw
+        the loss (one line for a run of them), so it is counted here but not logged."""
         self.gap_notices += 1
+        if channel is not None:
+            return
         logger.warning(
             "backend gap (%s): telling %d subscriber(s) messages may be missing",
             reason,
