@@ -96,6 +96,10 @@ class Settings:
     """redis://: messages that may wait to be published; beyond it they are dropped (counted)."""
     redis_reconnect_max: float = 2.0
     """redis://: longest pause, in seconds, between attempts to reconnect to Redis."""
+    redis_timeout: float = 2.0
+    """redis://: seconds Redis may take to answer (a connect, a write, a health-check ping on
+    a quiet subscription) before the connection counts as lost: a Redis that hangs without
+    closing (stopped, behind a network black hole) is reported down within about this long."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -141,8 +145,9 @@ class Settings:
             "local_scan_interval",
             "heartbeat_interval",
             "redis_reconnect_max",
+            "redis_timeout",
         ):
-            if getattr(self, name) <= 0:
+            if not getattr(self, name) > 0:  # also refuses nan
                 raise SettingsError(name, getattr(self, name), "expected seconds > 0")
         if self.stats_log_interval < 0:
             raise SettingsError(
