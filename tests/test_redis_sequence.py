@@ -6,6 +6,8 @@ receiver judges them (:class:`SequenceTracker`).
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from app.services.backends import redis_publisher
@@ -169,3 +171,18 @@ async def test_the_publishers_channel_table_is_bounded(monkeypatch: pytest.Monke
         assert len(publisher._last_seq) <= 4
     publisher.publish("c99", Message.from_text("y"))
     assert sent(publisher)[-1][1][2:4] == (101, 100)  # still chained
+
+
+def test_a_flood_of_like_events_is_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    pytest.importorskip("redis")
+    from app.services.backends.redis import EventLog
+
+    log = EventLog("dropped duplicate message(s)")
+    with caplog.at_level(logging.WARNING, logger="fanout"):
+        for i in range(1000):
+            log(f"channel 'c{i}'")
+    lines = [r.getMessage() for r in caplog.records if "duplicate" in r.getMessage()]
+    assert lines == [
+        "redis backend: dropped duplicate message(s) (1 since the last such line; "
+        "latest: channel 'c0')"
+    ]

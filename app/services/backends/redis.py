@@ -72,7 +72,8 @@ class RedisBackend:
 
     The two connections are their own classes, :class:`RedisPublisher` and
     :class:`RedisSubscriber`; this one implements the Backend protocol over them, owns their
-    tasks, and turns the subscriber's ups and downs into status, log lines and gap notices.
+    tasks, and turns the connections' ups and downs, and the losses and duplicates the
+    subscriber sees, into status, counters, log lines and gap notices.
     """
 
     name = "redis"
