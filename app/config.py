@@ -63,6 +63,10 @@ class Settings:
     """WebSocket connections one worker accepts; more are refused with HTTP 503."""
     close_timeout: float = 3.0
     """Seconds a closing client gets to take its close frame before the socket is aborted."""
+    handshake_timeout: float = 10.0
+    """Seconds a connection gets to send a complete request line and headers (the WebSocket
+    handshake or any HTTP request, and the next request on a kept-alive connection);
+    a connection that takes longer (slowloris) is closed and counted. uvicorn only."""
     stats_log_interval: float = 3.0
     """Seconds between 'connections: N' log lines; 0 turns them off."""
     log_level: str = ""
@@ -138,6 +142,7 @@ class Settings:
             )
         for name in (
             "close_timeout",
+            "handshake_timeout",
             "local_scan_interval",
             "heartbeat_interval",
             "redis_reconnect_max",

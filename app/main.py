@@ -14,6 +14,7 @@ from app.config import Settings, build_or_exit
 from app.logging_setup import configure_logging
 from app.routes import broadcast, echo, errors, pages, stats
 from app.server.application import FanoutApp
+from app.server.http import DEADLINE_KEY, HandshakeDeadline
 from app.server.socket import ProbeMiddleware
 from app.services.backends import create_backend
 from app.services.node import Node
@@ -26,7 +27,7 @@ def create_app(settings: Settings | None = None) -> FanoutApp:
     create_backend(settings)  # fail at import on a bad FANOUT_BACKEND, not later
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, HandshakeDeadline]]:
         node = Node(settings, create_backend(settings))
         await node.start()
         app.state.node = node
@@ -36,7 +37,13 @@ def create_app(settings: Settings | None = None) -> FanoutApp:
             gc.collect()
             gc.freeze()
         try:
-            yield
+            # The lifespan state reaches uvicorn's protocols (app/server/http.py), which
+            # close a connection whose request head is not in within the timeout.
+            yield {
+                DEADLINE_KEY: HandshakeDeadline(
+                    settings.handshake_timeout, node.stats.handshake_timeout
+                )
+            }
         finally:
             await node.stop()
 

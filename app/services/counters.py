@@ -18,6 +18,8 @@ class Counters:
     """Messages discarded because their receiver was closed as a slow consumer."""
     slow_consumer_disconnects: int = 0
     connections_opened: int = 0
+    handshake_timeouts: int = 0
+    """Connections closed because their request head did not arrive in time (slowloris)."""
     rejected: Counter[str] = field(default_factory=Counter)
     """WebSocket handshakes refused by the application, by reason."""
     closes: Counter[int] = field(default_factory=Counter)

@@ -61,6 +61,8 @@ class WorkerFigures(msgspec.Struct):
     gap_notices: int = 0
     """Times this worker told its clients that messages from elsewhere may be missing."""
     connections_opened: int = 0
+    handshake_timeouts: int = 0
+    """Connections closed before their request head was complete (FANOUT_HANDSHAKE_TIMEOUT)."""
     rejected: dict[str, int] = {}
     """Refused handshakes by reason."""
     closes: dict[str, int] = {}

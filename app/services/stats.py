@@ -124,6 +124,15 @@ class StatsService:
         self.counters.rejected[reason] += 1
         logger.warning("rejected %s from %s: %s", path, peer, reason)
 
+    def handshake_timeout(self, peer: str, timeout: float) -> None:
+        """A connection from ``peer`` sent no complete request head within ``timeout`` s."""
+        self.counters.handshake_timeouts += 1
+        logger.warning(
+            "handshake timeout from %s: no complete request within %g s, connection closed",
+            peer,
+            timeout,
+        )
+
     def received(self) -> None:
         """One message arrived from a client."""
         self.counters.received += 1
@@ -164,6 +173,7 @@ class StatsService:
             slow_consumer_disconnects=c.slow_consumer_disconnects,
             gap_notices=self.gap_notices,
             connections_opened=c.connections_opened,
+            handshake_timeouts=c.handshake_timeouts,
             rejected=dict(sorted(c.rejected.items())),
             closes={str(code): n for code, n in sorted(c.closes.items())},
             http_errors={str(status): n for status, n in sorted(c.http_errors.items())},
