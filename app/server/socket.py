@@ -28,6 +28,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.server import trims
+from app.server.conformance import allow_close_mid_message
 from app.server.direct import DirectWriter, direct_writer_for
 
 _PROTOCOL_KEY = "fanout.server_protocol"
@@ -78,8 +79,10 @@ class ServerSocket:
         return receive
 
     def before_accept(self) -> None:
-        """Trim the protocol's receive queue and writable event (uvicorn sansio only)."""
+        """Trim the protocol's receive queue and writable event, and let a close frame end
+        an unfinished fragmented message cleanly (uvicorn sansio only)."""
         trims.slim_protocol(self._protocol)
+        allow_close_mid_message(self._protocol)
 
     def direct_writer(self) -> DirectWriter | None:
         """The direct write path for this socket, or None where it is unsafe."""
