@@ -61,6 +61,11 @@ class Settings:
     """redis://: messages that may wait to be published; beyond it they are dropped (counted)."""
     redis_reconnect_max: float = 2.0
     """redis://: longest pause, in seconds, between attempts to reconnect to Redis."""
+    max_subscriptions: int = 128
+    """fanout.v1: channels one connection may subscribe to; one more is refused with 429."""
+    api_keys: str = ""
+    """Keys for the HTTP API (POST /api/*), comma separated (several, for rotation); empty
+    disables the API (403)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -78,7 +83,12 @@ class Settings:
 
     def validate(self) -> None:
         """Refuse values that would make the server misbehave rather than fail loudly later."""
-        positive = ("max_message_bytes", "outbox_max_messages", "outbox_max_bytes")
+        positive = (
+            "max_message_bytes",
+            "outbox_max_messages",
+            "outbox_max_bytes",
+            "max_subscriptions",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"FANOUT_{name.upper()} must be > 0")

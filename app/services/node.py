@@ -48,7 +48,10 @@ class Node:
 
     def figures(self) -> WorkerFigures:
         """This worker's own figures (its heartbeat)."""
-        return self.stats.figures(self.broadcast.channel_sizes(), self.backend.status())
+        broadcast = self.broadcast
+        return self.stats.figures(
+            broadcast.channel_sizes(), broadcast.subscriptions, self.backend.status()
+        )
 
     def cluster_figures(self) -> dict[str, Any]:
         """/stats: this worker's figures added up with every other live worker's."""
