@@ -12,7 +12,7 @@ from starlette.middleware import Middleware
 
 from app.config import Settings
 from app.logging_setup import configure_logging
-from app.routes import broadcast, echo, errors, pages, protocol, stats
+from app.routes import api, broadcast, echo, errors, pages, protocol, stats
 from app.server.application import FanoutApp
 from app.server.socket import ProbeMiddleware
 from app.services.backends import create_backend
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FanoutApp:
         routes=[
             *pages.routes,
             *stats.routes,
+            *api.routes,
             *socket_routes,
             *errors.fallback_routes(socket_routes, broadcast.http_checks),
         ],
