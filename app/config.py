@@ -2,18 +2,48 @@
 
 from __future__ import annotations
 
+import difflib
+import errno
+import importlib.util
+import logging
+import multiprocessing
 import os
 import re
-from collections.abc import Mapping
+import signal
+import socket
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import NoReturn, TypeVar
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _GROUP_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+LOG_FORMATS = ("text", "json")
+BACKEND_SCHEMES = ("memory", "local", "redis", "rediss", "unix")
+NOT_SETTINGS = frozenset({"FANOUT_CHROMIUM"})
+"""FANOUT_* variables that belong to the project's tooling (the browser test), not the server."""
+
+_SOCKET_PATH_MAX = 100
+"""Longest local:// socket path (bytes); app/services/backends/local.py refuses longer ones."""
 
 
 class SettingsError(ValueError):
-    """A FANOUT_* variable holds a value that cannot be used."""
+    """A FANOUT_* variable holds a value that cannot be used.
+
+    ``str()`` is one line naming the variable, its value and what is allowed.
+    """
+
+    def __init__(self, name: str, value: object, allowed: str) -> None:
+        self.variable = f"FANOUT_{name.upper()}"
+        self.value = _show(value)
+        self.allowed = allowed
+        super().__init__(f"{self.variable}={self.value}: {allowed}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +65,13 @@ class Settings:
     """Seconds a closing client gets to take its close frame before the socket is aborted."""
     stats_log_interval: float = 3.0
     """Seconds between 'connections: N' log lines; 0 turns them off."""
-    log_level: str = "info"
-    """Level of the 'fanout' logger."""
+    log_level: str = ""
+    """Level of the 'fanout' logger: critical, error, warning, info or debug; empty (the
+    default) follows uvicorn's --log-level, so ``--log-level warning`` quiets Fanout too."""
+    log_format: str = "text"
+    """text: one readable line per record; json: one JSON object per line (keys time, level,
+    logger, pid, message, and exc when there is a traceback), for Fanout's and uvicorn's
+    loggers alike."""
     gc_freeze: bool = True
     """Move start-up objects out of the garbage collector's reach (shorter GC pauses)."""
     direct_writes: bool = True
@@ -78,45 +113,210 @@ class Settings:
                 continue
             values[field.name] = _parse(field.name, field.type, raw.strip())
         settings = cls(**values)  # type: ignore[arg-type]
-        settings.validate()
+        try:
+            settings.validate()
+        except SettingsError as exc:  # name the value as it was typed, not as parsed
+            raw = env.get(exc.variable, "").strip()
+            if exc.variable == "FANOUT_BACKEND":
+                raw = _redact(raw)  # never print a password
+            if raw:
+                raise SettingsError(exc.variable[len("FANOUT_") :], raw, exc.allowed) from None
+            raise
         return settings
 
     def validate(self) -> None:
         """Refuse values that would make the server misbehave rather than fail loudly later."""
-        positive = (
+        for name in (
             "max_message_bytes",
             "outbox_max_messages",
             "outbox_max_bytes",
             "max_subscriptions",
-        )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise SettingsError(f"FANOUT_{name.upper()} must be > 0")
-        if self.max_connections < 0:
-            raise SettingsError("FANOUT_MAX_CONNECTIONS must be >= 0 (0 means no limit)")
-        if self.close_timeout <= 0:
-            raise SettingsError("FANOUT_CLOSE_TIMEOUT must be > 0")
-        if self.stats_log_interval < 0:
-            raise SettingsError("FANOUT_STATS_LOG_INTERVAL must be >= 0")
-        for name in (
             "local_peer_buffer_bytes",
+            "redis_publish_queue",
+        ):
+            if getattr(self, name) <= 0:
+                raise SettingsError(name, getattr(self, name), "expected a whole number > 0")
+        if self.max_connections < 0:
+            raise SettingsError(
+                "max_connections",
+                self.max_connections,
+                "expected a whole number >= 0 (0: no limit)",
+            )
+        for name in (
+            "close_timeout",
             "local_scan_interval",
             "heartbeat_interval",
-            "redis_publish_queue",
             "redis_reconnect_max",
         ):
             if getattr(self, name) <= 0:
-                raise SettingsError(f"FANOUT_{name.upper()} must be > 0")
+                raise SettingsError(name, getattr(self, name), "expected seconds > 0")
+        if self.stats_log_interval < 0:
+            raise SettingsError(
+                "stats_log_interval", self.stats_log_interval, "expected seconds >= 0 (0: off)"
+            )
         if self.heartbeat_expiry <= self.heartbeat_interval:
-            raise SettingsError("FANOUT_HEARTBEAT_EXPIRY must be > FANOUT_HEARTBEAT_INTERVAL")
+            raise SettingsError(
+                "heartbeat_expiry",
+                self.heartbeat_expiry,
+                f"expected seconds > FANOUT_HEARTBEAT_INTERVAL ({self.heartbeat_interval})",
+            )
+        if self.log_level and self.log_level.lower() not in LOG_LEVELS:
+            raise SettingsError(
+                "log_level",
+                self.log_level,
+                f"expected one of {', '.join(LOG_LEVELS)}, or empty to follow uvicorn",
+            )
+        if self.log_format.lower() not in LOG_FORMATS:
+            raise SettingsError("log_format", self.log_format, "expected text or json")
+        self._validate_backend()
         if self.local_group and not _GROUP_NAME.fullmatch(self.local_group):
             raise SettingsError(
-                "FANOUT_LOCAL_GROUP must be 1-64 of [A-Za-z0-9_.-], not starting with a dot"
+                "local_group",
+                self.local_group,
+                "expected 1-64 of [A-Za-z0-9_.-], not starting with a dot",
             )
+        if self.local_dir and urlsplit(self.backend).scheme == "local":
+            _check_local_dir(self.local_dir, self.local_group)
+
+    def _validate_backend(self) -> None:
+        scheme = urlsplit(self.backend).scheme
+        if scheme not in BACKEND_SCHEMES:
+            raise SettingsError(
+                "backend",
+                _redact(self.backend),
+                f"unknown scheme {scheme!r}; expected memory://, local:// or redis://host:port/db",
+            )
+        if scheme in ("redis", "rediss", "unix") and importlib.util.find_spec("redis") is None:
+            raise SettingsError(
+                "backend", _redact(self.backend), "needs redis-py: pip install 'fanout[redis]'"
+            )
+
+    @property
+    def log_level_name(self) -> str | None:
+        """FANOUT_LOG_LEVEL as a logging level name, or None to follow uvicorn."""
+        return self.log_level.upper() or None
+
+
+STARTUP_FAILURE = 3
+"""uvicorn's exit status for "could not start": its --workers supervisor stops on it."""
+
+
+def build_or_exit(factory: Callable[[Settings], T], environ: Mapping[str, str] | None = None) -> T:
+    """``factory(settings)`` with settings from the environment, as ``uvicorn app.main:app`` runs.
+
+    A bad FANOUT_* value prints one line (variable, value, what is allowed) instead of a
+    traceback, and the server exits with status 3, also under ``--workers`` (see
+    :func:`_exit_bad_setting`). Unknown FANOUT_* variables get one warning line each, from
+    one worker of a server, once the app's logging is configured.
+    """
+    env = os.environ if environ is None else environ
+    try:
+        settings = Settings.from_env(env)
+    except SettingsError as exc:
+        _exit_bad_setting(exc, env)
+    built = factory(settings)
+    warnings = unknown_variables(env)
+    if warnings and _first_worker("warned"):
+        for warning in warnings:
+            logging.getLogger("fanout").warning("%s", warning)
+    return built
+
+
+def _exit_bad_setting(error: SettingsError, env: Mapping[str, str]) -> NoReturn:
+    """Print ``error`` as one line and exit with status 3; under --workers, stop the server.
+
+    uvicorn 0.54's supervisor stops when a worker exits with 3, but then exits with status 0,
+    which a process manager reads as a clean stop; and every worker would print the same
+    line. So under uvicorn's supervisor one worker (the first to fail) prints the line and
+    ends the supervisor with SIGKILL (exit status 137: the only way to make it non-zero
+    from a worker); its siblings fail the same way and exit quietly.
+    """
+    supervisor = _uvicorn_supervisor()
+    if supervisor is None or (_first_worker("failed") and supervisor.is_alive()):
+        from app.logging_setup import format_line
+
+        json_lines = env.get("FANOUT_LOG_FORMAT", "").strip().lower() == "json"
+        print(format_line(logging.ERROR, str(error), json_lines=json_lines), file=sys.stderr)
+        sys.stderr.flush()
+        if supervisor is not None and supervisor.pid is not None:
+            os.kill(supervisor.pid, signal.SIGKILL)
+            supervisor.join(5.0)  # so a sibling that fails later finds it gone and stays quiet
+    sys.exit(STARTUP_FAILURE)
+
+
+def _uvicorn_supervisor() -> multiprocessing.process.BaseProcess | None:
+    """The uvicorn --workers supervisor this process is a worker of, if it is one."""
+    parent = multiprocessing.parent_process()
+    if parent is None or "uvicorn.supervisors.multiprocess" not in sys.modules:
+        return None
+    return parent
+
+
+_held: list[socket.socket] = []
+
+
+def _first_worker(what: str) -> bool:
+    """Whether this process is the first of its supervisor's workers to claim ``what``.
+
+    The claim is an abstract Unix socket name (Linux) held until the process exits. Not
+    a worker of a supervisor, or no abstract sockets (macOS): always the first.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return True
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        claim.bind(f"\0fanout-{what}-{parent.pid}")
+    except OSError as exc:
+        claim.close()
+        return exc.errno != errno.EADDRINUSE
+    _held.append(claim)
+    return True
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One warning per FANOUT_* variable Fanout does not read, with the closest known name."""
+    env = os.environ if environ is None else environ
+    known = [f"FANOUT_{field.name.upper()}" for field in fields(Settings)]
+    warnings = []
+    for name in sorted(env):
+        if not name.startswith("FANOUT_") or name in known or name in NOT_SETTINGS:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else "the settings are listed in README.md"
+        warnings.append(f"{name} is not a Fanout setting and is ignored; {hint}")
+    return warnings
+
+
+def _check_local_dir(directory: str, group: str) -> None:
+    """FANOUT_LOCAL_DIR must be a folder this user can create sockets in (or create)."""
+    path = Path(directory)
+    existing = path
+    while not existing.exists():
+        if existing.is_symlink():  # a dangling link: creating the folder would fail
+            raise SettingsError("local_dir", directory, f"{existing} is a broken symlink")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SettingsError(
+            "local_dir", directory, f"expected a folder, but {existing} is not a directory"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "exists but is" if existing == path else f"would be created in {existing}, which is"
+        raise SettingsError(
+            "local_dir", directory, f"expected a writable folder; it {what} not writable"
+        )
+    # local:// appends /<group>/<pid>.sock; the default group is sup-<pid>, pids have <= 7 digits.
+    longest = _SOCKET_PATH_MAX - len(f"/{group or 'sup-4194304'}/4194304.sock")
+    if len(os.fsencode(path)) > longest:
+        raise SettingsError(
+            "local_dir",
+            directory,
+            f"expected a path of at most {longest} bytes (Unix socket paths under it are"
+            f" limited to {_SOCKET_PATH_MAX})",
+        )
 
 
 def _parse(name: str, kind: object, raw: str) -> object:
-    env_name = f"FANOUT_{name.upper()}"
     try:
         if kind in (int, "int"):
             return int(raw.replace("_", ""))
@@ -129,6 +329,25 @@ def _parse(name: str, kind: object, raw: str) -> object:
             if lowered in _FALSE:
                 return False
             raise ValueError(raw)
-    except ValueError as exc:
-        raise SettingsError(f"{env_name}={raw!r} is not a valid {kind}") from exc
+    except ValueError:
+        expected = {
+            "int": "expected a whole number",
+            "float": "expected a number (seconds)",
+            "bool": "expected true/false (also 1/0, yes/no, on/off)",
+        }
+        raise SettingsError(name, raw, expected[getattr(kind, "__name__", str(kind))]) from None
     return raw
+
+
+def _show(value: object) -> str:
+    """A value as the user would have typed it, quoted: '0', 'true', 'local://'."""
+    if isinstance(value, bool):
+        value = str(value).lower()
+    return repr(str(value))
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)

@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from app.config import Settings
+from app.config import Settings, build_or_exit
 from app.logging_setup import configure_logging
 from app.routes import api, broadcast, echo, errors, pages, protocol, stats
 from app.server.application import FanoutApp
@@ -22,7 +22,7 @@ from app.services.node import Node
 def create_app(settings: Settings | None = None) -> FanoutApp:
     """Build the app; its services are created and stopped by the lifespan."""
     settings = settings if settings is not None else Settings.from_env()
-    configure_logging(settings.log_level)
+    configure_logging(settings)
     create_backend(settings)  # fail at import on a bad FANOUT_BACKEND, not later
 
     @asynccontextmanager
@@ -58,4 +58,4 @@ def create_app(settings: Settings | None = None) -> FanoutApp:
     return app
 
 
-app = create_app()
+app = build_or_exit(create_app)

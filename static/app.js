@@ -147,6 +147,7 @@
   function setState(state, text) {
     el.status.dataset.state = state;
     el.statusText.textContent = text;
+    el.statusText.title = text; // the whole text where a narrow screen cuts it short
     const open = state === "open";
     const busy = state === "connecting" || state === "closing";
     const waiting = state === "reconnecting";

@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import shutil
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -18,11 +16,11 @@ import httpx
 import pytest
 import websockets
 
-from tests.conftest import ServerProcess, eventually, fetch_stats
-from tests.helpers import assert_still_serving
-from tests.redis_server import RedisServer, redis_server
-
-__all__ = ["redis_server"]  # the fixture, imported for pytest
+from tests.support.clients import assert_still_serving
+from tests.support.redis_server import RedisServer
+from tests.support.servers import ServerProcess, StartServer
+from tests.support.stats import fetch_stats
+from tests.support.waiting import eventually
 
 Client = websockets.ClientConnection
 KEYS = "key-old,key-new"
@@ -38,14 +36,6 @@ def server() -> Iterator[ServerProcess]:
     proc = ServerProcess(env).start()
     yield proc
     proc.stop()
-
-
-@pytest.fixture
-def local_dir() -> Iterator[Path]:
-    """A short private folder for the workers' sockets and the idempotency file."""
-    path = Path(tempfile.mkdtemp(prefix="fanout-api-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 async def post(
@@ -268,7 +258,7 @@ async def test_bad_request_is_refused_counted_and_logged_and_the_server_serves_o
 
 
 async def test_api_without_configured_keys_is_disabled_with_403(
-    start_server: Callable[..., ServerProcess],
+    start_server: StartServer,
 ) -> None:
     server = start_server(env={"FANOUT_API_KEYS": ""})
     body = await refused(server, 403, "/api/publish", json={"channel": "c", "data": 1})
@@ -325,7 +315,7 @@ async def test_concurrent_duplicates_publish_once(server: ServerProcess) -> None
 
 
 async def test_idempotency_key_publishes_once_across_the_workers_of_a_host(
-    start_server: Callable[..., ServerProcess], local_dir: Path
+    start_server: StartServer, local_dir: Path
 ) -> None:
     env = {"FANOUT_API_KEYS": KEYS, "FANOUT_LOCAL_DIR": str(local_dir), **FAST}
     server = start_server(env=env, args=["--workers", "2"])
@@ -367,7 +357,7 @@ async def test_idempotency_key_publishes_once_across_the_workers_of_a_host(
 
 
 async def test_idempotency_key_publishes_once_across_hosts_sharing_redis(
-    start_server: Callable[..., ServerProcess], redis_server: RedisServer
+    start_server: StartServer, redis_server: RedisServer
 ) -> None:
     from redis.asyncio import Redis
 
@@ -408,7 +398,7 @@ async def test_idempotency_key_publishes_once_across_hosts_sharing_redis(
 
 
 async def test_publish_is_refused_with_503_while_the_backend_is_down(
-    start_server: Callable[..., ServerProcess], redis_server: RedisServer
+    start_server: StartServer, redis_server: RedisServer
 ) -> None:
     env = {"FANOUT_API_KEYS": KEYS, "FANOUT_BACKEND": redis_server.url, **FAST}
     server = start_server(env=env)

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 import httpx
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
-from tests.conftest import ServerProcess, fetch_stats
-from tests.helpers import assert_still_serving
-from tests.rawws import OP_BINARY, OP_TEXT, RawClient
+from tests.support.clients import assert_still_serving
+from tests.support.rawws import OP_BINARY, OP_TEXT, RawClient
+from tests.support.servers import ServerProcess, StartServer
+from tests.support.stats import fetch_stats
 
 LIMIT = 65_536
 
 
 @pytest.fixture(scope="module")
-def server() -> ServerProcess:  # type: ignore[override]
+def server() -> Iterator[ServerProcess]:
+    """This module's own server, with a small message limit, instead of conftest's."""
     proc = ServerProcess({"FANOUT_MAX_MESSAGE_BYTES": str(LIMIT)}).start()
-    yield proc  # type: ignore[misc]
+    yield proc
     proc.stop()
 
 
@@ -108,6 +111,31 @@ async def test_plain_get_on_socket_path_is_426(server: ServerProcess, path: str)
     await assert_still_serving(server)
 
 
+async def test_plain_get_on_a_bad_channel_name_is_400_like_its_handshake(
+    server: ServerProcess,
+) -> None:
+    before = await fetch_stats(server)
+    async with httpx.AsyncClient() as http:
+        response = await http.get(server.base + "/ws/broadcast/bad%20name")
+    assert response.status_code == 400
+    assert response.json()["error"] == "bad_channel"
+    after = await fetch_stats(server)
+    assert after["http_errors"].get("400", 0) - before["http_errors"].get("400", 0) == 1
+
+
+@pytest.mark.parametrize("path", ["/ws/echo/", "/ws/broadcast/", "/ws/broadcast/room/"])
+async def test_one_trailing_slash_on_a_socket_path_is_forgiven(
+    server: ServerProcess, path: str
+) -> None:
+    async with websockets.connect(server.ws(path)) as ws:
+        await ws.send("slash")
+        assert await ws.recv() == "slash"
+    with pytest.raises(InvalidStatus) as info:
+        async with websockets.connect(server.ws(path + "/")):
+            pass
+    assert info.value.response.status_code == 404
+
+
 async def test_wrong_websocket_version_is_4xx(server: ServerProcess) -> None:
     client = await RawClient.open(server.port, "/ws/broadcast", version="8")
     # Answered inside uvicorn's protocol layer, before the app is called.
@@ -148,7 +176,7 @@ async def test_refused_socket_paths(
     await assert_still_serving(server)
 
 
-async def test_connection_limit_refuses_with_503(start_server) -> None:  # type: ignore[no-untyped-def]
+async def test_connection_limit_refuses_with_503(start_server: StartServer) -> None:
     server = start_server({"FANOUT_MAX_CONNECTIONS": "2"})
     a = await websockets.connect(server.ws("/ws/broadcast"))
     b = await websockets.connect(server.ws("/ws/echo"))

@@ -6,8 +6,10 @@ import asyncio
 
 import websockets
 
-from tests.conftest import ServerProcess, eventually, fetch_stats
-from tests.helpers import channel_has, receive_many, total_is
+from tests.support.clients import all_text, receive_many
+from tests.support.servers import ServerProcess
+from tests.support.stats import channel_has, fetch_stats, total_is
+from tests.support.waiting import eventually
 
 
 async def test_every_client_gets_every_message_sender_included(server: ServerProcess) -> None:
@@ -36,7 +38,7 @@ async def test_each_senders_order_is_kept(server: ServerProcess) -> None:
         received = await asyncio.gather(*(receive_many(ws, 3 * n, within=10) for ws in clients))
         await sent
         for messages in received:
-            assert all(isinstance(m, str) for m in messages)
+            assert all_text(messages)
             seen: dict[str, list[int]] = {f"s{i}": [] for i in range(3)}
             for msg in messages:
                 sender, number = msg.split(":")

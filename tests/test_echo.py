@@ -6,7 +6,8 @@ import os
 
 import websockets
 
-from tests.conftest import ServerProcess, fetch_stats
+from tests.support.servers import ServerProcess
+from tests.support.stats import fetch_stats
 
 
 async def test_text_and_binary_come_back_unchanged(server: ServerProcess) -> None:

@@ -9,9 +9,10 @@ import websockets
 from websockets.frames import Frame, Opcode
 
 from app.services.message import Message
-from tests.conftest import ServerProcess, eventually, fetch_stats
-from tests.helpers import channel_has
-from tests.rawws import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawClient
+from tests.support.rawws import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawClient
+from tests.support.servers import ServerProcess, StartServer
+from tests.support.stats import channel_has, fetch_stats
+from tests.support.waiting import eventually
 
 SIZES = [0, 1, 125, 126, 127, 65_535, 65_536, 70_000]
 
@@ -44,7 +45,7 @@ async def _frames_from(server: ServerProcess) -> list[bytes]:
     return raws
 
 
-async def test_direct_frames_are_byte_identical_to_the_asgi_path(start_server) -> None:  # type: ignore[no-untyped-def]
+async def test_direct_frames_are_byte_identical_to_the_asgi_path(start_server: StartServer) -> None:
     direct = start_server()
     fallback = start_server(args=["--ws", "wsproto"])
     direct_frames = await _frames_from(direct)
@@ -54,7 +55,7 @@ async def test_direct_frames_are_byte_identical_to_the_asgi_path(start_server) -
     assert (await fetch_stats(direct))["connections_opened"] == 2
 
 
-async def test_direct_writes_can_be_turned_off(start_server) -> None:  # type: ignore[no-untyped-def]
+async def test_direct_writes_can_be_turned_off(start_server: StartServer) -> None:
     server = start_server({"FANOUT_DIRECT_WRITES": "false"})
     async with websockets.connect(server.ws("/ws/broadcast")) as ws:
         await ws.send("through ASGI")

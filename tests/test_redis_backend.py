@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 import websockets
 
-from tests.conftest import ServerProcess, eventually, fetch_stats
-from tests.redis_server import RedisServer, redis_server
-
-__all__ = ["redis_server"]  # the fixture, imported for pytest
+from tests.support.redis_server import RedisServer
+from tests.support.servers import ServerProcess, StartServer
+from tests.support.stats import fetch_stats
+from tests.support.waiting import eventually
 
 Client = websockets.ClientConnection
 FAST = {"FANOUT_HEARTBEAT_INTERVAL": "0.25", "FANOUT_HEARTBEAT_EXPIRY": "1.5"}
@@ -43,7 +42,7 @@ async def recv_text(ws: Client, within: float = 10.0) -> str:
 
 
 def two_hosts(
-    start_server: Callable[..., ServerProcess], redis: RedisServer, workers: int = 1
+    start_server: StartServer, redis: RedisServer, workers: int = 1
 ) -> tuple[ServerProcess, ServerProcess]:
     env = {"FANOUT_BACKEND": redis.url, **FAST}
     args = ["--workers", str(workers)] if workers > 1 else []
@@ -51,7 +50,7 @@ def two_hosts(
 
 
 async def test_two_servers_see_each_others_messages_and_counts(
-    start_server: Callable[..., ServerProcess], redis_server: RedisServer
+    start_server: StartServer, redis_server: RedisServer
 ) -> None:
     a, b = two_hosts(start_server, redis_server, workers=2)
     clients_a = [await websockets.connect(a.ws("/ws/broadcast/room")) for _ in range(3)]
@@ -97,7 +96,7 @@ async def test_two_servers_see_each_others_messages_and_counts(
 
 
 async def test_redis_outage_local_keeps_working_and_cross_host_resumes(
-    start_server: Callable[..., ServerProcess], redis_server: RedisServer
+    start_server: StartServer, redis_server: RedisServer
 ) -> None:
     a, b = two_hosts(start_server, redis_server)
     async with (

@@ -8,13 +8,14 @@ import signal
 import pytest
 import websockets
 
-from tests.conftest import ServerProcess, eventually
-from tests.helpers import total_is
-from tests.rawws import RawClient
+from tests.support.rawws import RawClient
+from tests.support.servers import ServerProcess, StartServer
+from tests.support.stats import total_is
+from tests.support.waiting import eventually
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-async def test_signal_closes_every_socket_with_1012(start_server, sig: int) -> None:  # type: ignore[no-untyped-def]
+async def test_signal_closes_every_socket_with_1012(start_server: StartServer, sig: int) -> None:
     server: ServerProcess = start_server({"FANOUT_CLOSE_TIMEOUT": "2"})
     clients = [await websockets.connect(server.ws("/ws/broadcast")) for _ in range(4)]
     clients.append(await websockets.connect(server.ws("/ws/echo")))

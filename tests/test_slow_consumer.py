@@ -5,17 +5,22 @@ from __future__ import annotations
 import asyncio
 
 import websockets
+from websockets.typing import Data
 
-from tests.conftest import ServerProcess, eventually, fetch_stats
-from tests.helpers import assert_still_serving, channel_has, receive_many
-from tests.rawws import RawClient
+from tests.support.clients import all_binary, assert_still_serving, receive_many
+from tests.support.rawws import RawClient
+from tests.support.servers import ServerProcess, StartServer
+from tests.support.stats import channel_has, fetch_stats
+from tests.support.waiting import eventually
 
 MESSAGE = 8 * 1024
 COUNT = 1200  # about 10 MB through the stalled client's share of the server
 WINDOW = 16
 
 
-async def test_stalled_reader_is_closed_and_others_get_everything(start_server) -> None:  # type: ignore[no-untyped-def]
+async def test_stalled_reader_is_closed_and_others_get_everything(
+    start_server: StartServer,
+) -> None:
     server: ServerProcess = start_server(
         {"FANOUT_OUTBOX_MAX_BYTES": str(512 * 1024), "FANOUT_CLOSE_TIMEOUT": "1"}
     )
@@ -33,8 +38,8 @@ async def test_stalled_reader_is_closed_and_others_get_everything(start_server) 
     received = [asyncio.create_task(receive_many(ws, COUNT)) for ws in readers]
     own = asyncio.Semaphore(WINDOW)
 
-    async def echo_back() -> list[bytes]:
-        got = []
+    async def echo_back() -> list[Data]:
+        got: list[Data] = []
         for _ in range(COUNT):
             got.append(await asyncio.wait_for(sender.recv(), 30))
             own.release()
@@ -48,7 +53,7 @@ async def test_stalled_reader_is_closed_and_others_get_everything(start_server) 
     expected = list(range(COUNT))
     for task in [*received, own_copy]:
         messages = await task
-        assert all(isinstance(m, bytes) for m in messages)
+        assert all_binary(messages)
         assert [int.from_bytes(m[:4], "big") for m in messages] == expected
 
     async def stalled_closed() -> bool:
@@ -70,7 +75,7 @@ async def test_stalled_reader_is_closed_and_others_get_everything(start_server) 
     await assert_still_serving(server)
 
 
-async def test_slow_but_reading_client_gets_close_code_4008(start_server) -> None:  # type: ignore[no-untyped-def]
+async def test_slow_but_reading_client_gets_close_code_4008(start_server: StartServer) -> None:
     server: ServerProcess = start_server(
         {"FANOUT_OUTBOX_MAX_BYTES": str(256 * 1024), "FANOUT_CLOSE_TIMEOUT": "20"}
     )

@@ -6,9 +6,11 @@ import asyncio
 
 import websockets
 
-from tests.conftest import ServerProcess, eventually, fetch_stats
-from tests.helpers import assert_still_serving, total_is
-from tests.rawws import RawClient
+from tests.support.clients import assert_still_serving
+from tests.support.rawws import RawClient
+from tests.support.servers import ServerProcess
+from tests.support.stats import fetch_stats, total_is
+from tests.support.waiting import eventually
 
 
 async def test_reset_mid_broadcast(server: ServerProcess) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from app.services.connection import SEND_ERRORS, Connection, State
+from app.services.connection import OPEN, SEND_ERRORS, Connection
 
 
 class AsgiConnection(Connection):
@@ -46,7 +46,7 @@ class AsgiConnection(Connection):
         counters = self._counters
         loop = asyncio.get_running_loop()
         try:
-            while self.state is State.OPEN:
+            while self.state is OPEN:
                 if not queue:
                     self._waiter = loop.create_future()
                     await self._waiter

@@ -6,7 +6,8 @@ import asyncio
 from typing import Any
 
 from app.server.direct import DirectWriter
-from app.services.connection import Connection, State
+from app.services.connection import CLOSING, OPEN, Connection
+from app.services.message import Message
 
 CORK_MAX_FRAMES = 64
 """Frames corked for one connection before they are written without waiting for the flush."""
@@ -53,7 +54,6 @@ class DirectConnection(Connection):
     __slots__ = ("_cork", "_direct", "_drain", "_flush_scheduled")
 
     path = "direct"
-    batch_limit = CORK_MAX_FRAMES
 
     def __init__(self, *, direct: DirectWriter, cork: Cork, **common: Any) -> None:
         super().__init__(**common)
@@ -62,10 +62,42 @@ class DirectConnection(Connection):
         self._flush_scheduled = False
         self._drain: asyncio.Task[None] | None = None
 
+    def offer(self, message: Message) -> bool:
+        """Queue ``message`` without waiting; it goes out with this loop turn's write.
+
+        :meth:`Connection.offer` with the cork inlined instead of a call to
+        ``_first_queued``: this runs once per message per subscriber, and the call cost
+        about 10 % of a delivery (measured; see docs/architecture.md).
+        """
+        if self.state >= CLOSING:
+            return False
+        queue = self._queue
+        size = message.size
+        if queue:
+            # Something already waits, so a flush or drain is on its way for it.
+            if len(queue) >= self._max_messages or self._queued_bytes + size > self._max_bytes:
+                self._overflow()
+                return False
+            queue.append(message)
+            self._queued_bytes += size
+            if len(queue) >= CORK_MAX_FRAMES and self._flush_scheduled:
+                self.flush()  # many senders in one loop turn: write without waiting
+            return True
+        # The first message always fits, however large: the size limit bounds it already.
+        queue.append(message)
+        self._queued_bytes = size
+        if self.state is OPEN and not self._flush_scheduled:
+            drain = self._drain
+            if drain is None or drain.done():
+                # Cork: what is offered in this loop turn goes out in one write, at its end.
+                self._flush_scheduled = True
+                self._cork.add(self)
+        return True
+
     def flush(self) -> None:
         """Write every queued frame at once, or leave them to a drain task if the socket is full."""
         self._flush_scheduled = False
-        if self.state is not State.OPEN or not self._queue:
+        if self.state is not OPEN or not self._queue:
             return
         direct = self._direct
         if not direct.can_write():
@@ -81,20 +113,6 @@ class DirectConnection(Connection):
     def _opened(self) -> None:
         if self._queue:
             self.flush()
-
-    def _first_queued(self) -> None:
-        if (
-            self.state is State.OPEN
-            and not self._flush_scheduled
-            and (self._drain is None or self._drain.done())
-        ):
-            # Cork: what is offered in this loop turn goes out in one write, at its end.
-            self._flush_scheduled = True
-            self._cork.add(self)
-
-    def _batch_full(self) -> None:
-        if self._flush_scheduled:
-            self.flush()  # many senders in one loop turn: write without waiting
 
     def _stop_writing(self) -> None:
         if self._drain is not None:
@@ -116,9 +134,9 @@ class DirectConnection(Connection):
     async def _drain_later(self) -> None:
         """Wait for a full socket buffer to drain, then write what queued up meanwhile."""
         direct = self._direct
-        while self._queue and self.state is State.OPEN:
+        while self._queue and self.state is OPEN:
             await direct.wait_writable()
-            if self.state is not State.OPEN or not direct.is_open():
+            if self.state is not OPEN or not direct.is_open():
                 self._abandon()
                 return
             self._write_queued()

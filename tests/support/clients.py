@@ -1,14 +1,15 @@
-"""Helpers shared by the socket tests: still-serving check, /stats predicates, receiving."""
+"""What the socket tests do as well-behaved clients: the still-serving check, receiving."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
+from typing import TypeGuard
 
 import websockets
+from websockets.typing import Data
 
-from tests.conftest import ServerProcess, fetch_stats
+from tests.support.servers import ServerProcess
 
 
 async def assert_still_serving(server: ServerProcess) -> None:
@@ -27,18 +28,18 @@ async def assert_still_serving(server: ServerProcess) -> None:
         assert await b.recv() == token
 
 
-async def total_is(server: ServerProcess, expected: int) -> bool:
-    """Whether /stats counts exactly ``expected`` open connections."""
-    return bool((await fetch_stats(server))["connections"]["total"] == expected)
-
-
-async def channel_has(server: ServerProcess, channel: str, expected: int) -> bool:
-    """Whether /stats counts exactly ``expected`` subscribers on ``channel``."""
-    return bool((await fetch_stats(server))["channels"].get(channel, 0) == expected)
-
-
 async def receive_many(
     ws: websockets.ClientConnection, count: int, within: float = 30.0
-) -> list[Any]:
+) -> list[Data]:
     """The next ``count`` messages on ``ws``, each awaited at most ``within`` seconds."""
     return [await asyncio.wait_for(ws.recv(), within) for _ in range(count)]
+
+
+def all_text(messages: list[Data]) -> TypeGuard[list[str]]:
+    """Whether every message is a text message (use as ``assert all_text(messages)``)."""
+    return all(isinstance(m, str) for m in messages)
+
+
+def all_binary(messages: list[Data]) -> TypeGuard[list[bytes]]:
+    """Whether every message is a binary message (use as ``assert all_binary(messages)``)."""
+    return all(isinstance(m, bytes) for m in messages)

@@ -9,6 +9,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
+from typing import cast
 
 OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -130,13 +131,19 @@ class RawClient:
             frames.append(frame)
         raise AssertionError("no close frame within the frame limit")
 
+    @property
+    def _transport(self) -> asyncio.Transport:
+        # StreamWriter.transport is typed as a WriteTransport; the stream's transport is a
+        # full (readable) Transport.
+        return cast(asyncio.Transport, self.writer.transport)
+
     def stop_reading(self) -> None:
         """Take nothing more off the socket: the kernel buffer fills, then the server's."""
-        self.writer.transport.pause_reading()  # type: ignore[attr-defined]
+        self._transport.pause_reading()
 
     def resume_reading(self) -> None:
         """Read again after :meth:`stop_reading`."""
-        self.writer.transport.resume_reading()  # type: ignore[attr-defined]
+        self._transport.resume_reading()
 
     def reset(self) -> None:
         """Vanish: close with a TCP reset, no close frame."""

@@ -1,8 +1,8 @@
 """A throwaway real ``redis-server`` for the Redis backend tests (never a mock).
 
-The fixture starts Debian's redis-server on a free loopback port with no persistence and
-stops it by PID afterwards. Without the binary the tests are skipped locally and fail on CI
-(CI=true), where .ci/run installs the package.
+The ``redis_server`` fixture (in conftest.py) starts Debian's redis-server on a free
+loopback port with no persistence and stops it by PID afterwards. Without the binary the
+tests are skipped locally and fail on CI (CI=true), where scripts/test.sh installs the package.
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import OUTPUT, free_port
+from tests.support.servers import OUTPUT, free_port
 
 
 class RedisServer:
@@ -33,9 +32,11 @@ class RedisServer:
 
     @property
     def url(self) -> str:
+        """The redis:// URL of database 0 on this server."""
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
+        """Start (or restart, on the same port) and wait until it answers PING; returns self."""
         cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
         cmd += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
         with open(self.log_path, "ab") as log:
@@ -51,6 +52,7 @@ class RedisServer:
         raise RuntimeError(f"redis-server not ready in {timeout}s")
 
     def ping(self) -> bool:
+        """Whether the server answers PING right now."""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                 s.sendall(b"PING\r\n")
@@ -65,6 +67,7 @@ class RedisServer:
             self.proc.wait(10)
 
     def stop(self) -> None:
+        """SIGTERM by PID and wait (SIGKILL if it does not exit within 10 s)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -84,13 +87,3 @@ def redis_binary() -> str:
             pytest.fail("redis-server is not installed, and CI must run the Redis tests")
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
     return binary
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A fresh redis-server for one test, stopped afterwards."""
-    server = RedisServer(redis_binary()).start()
-    try:
-        yield server
-    finally:
-        server.stop()
