@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit
 
+from app.services.rules import ChannelRules, RulesError
+
 T = TypeVar("T")
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -101,6 +103,20 @@ class Settings:
     api_keys: str = ""
     """Keys for the HTTP API (POST /api/*), comma separated (several, for rotation); empty
     disables the API (403)."""
+    config: str = ""
+    """Path of the channel rules file (TOML, ``[[channels]]`` tables); empty: the built-in
+    rule only (anyone subscribes, subscribers publish)."""
+    token_hmac_secret: str = ""
+    """Secret for HS256 tokens (connection and subscription JWTs)."""
+    token_public_key: str = ""
+    """Public key for RS256/ES256 tokens: the PEM text, or the path of a PEM file."""
+    token_audience: str = ""
+    """When set, a token's ``aud`` must name it."""
+    token_issuer: str = ""
+    """When set, a token's ``iss`` must be it."""
+    require_auth: bool = False
+    """Refuse sockets without a valid connection token (HTTP 401 at the handshake; on
+    /ws, close 4500 unless the first command is a ``connect`` with a valid token)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -169,6 +185,7 @@ class Settings:
         if self.log_format.lower() not in LOG_FORMATS:
             raise SettingsError("log_format", self.log_format, "expected text or json")
         self._validate_backend()
+        self._validate_tokens()
         if self.local_group and not _GROUP_NAME.fullmatch(self.local_group):
             raise SettingsError(
                 "local_group",
@@ -191,10 +208,56 @@ class Settings:
                 "backend", _redact(self.backend), "needs redis-py: pip install 'fanout[redis]'"
             )
 
+    def _validate_tokens(self) -> None:
+        if self.token_hmac_secret and self.token_public_key:
+            raise SettingsError(
+                "token_public_key", "(set)", "set FANOUT_TOKEN_HMAC_SECRET or this, not both"
+            )
+        key = self.token_public_key
+        if key and "-----BEGIN" not in key:
+            path = Path(key)
+            if not path.is_file():
+                raise SettingsError("token_public_key", key, "expected PEM text or a PEM file")
+            key = path.read_text()
+        if key:
+            from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+            try:
+                load_pem_public_key(key.encode())
+            except ValueError:
+                raise SettingsError(
+                    "token_public_key", "(set)", "not a PEM public key (RSA or EC)"
+                ) from None
+        if self.require_auth and not (self.token_hmac_secret or self.token_public_key):
+            raise SettingsError(
+                "require_auth",
+                "true",
+                "needs FANOUT_TOKEN_HMAC_SECRET or FANOUT_TOKEN_PUBLIC_KEY to check tokens",
+            )
+
     @property
     def log_level_name(self) -> str | None:
         """FANOUT_LOG_LEVEL as a logging level name, or None to follow uvicorn."""
         return self.log_level.upper() or None
+
+
+def load_channel_rules(settings: Settings) -> ChannelRules:
+    """The channel rules of FANOUT_CONFIG (the built-in rule alone when it is unset).
+
+    A file that cannot be read or used is a SettingsError naming the file, the line where
+    TOML reports one, and the reason.
+    """
+    if not settings.config:
+        return ChannelRules()
+    try:
+        text = Path(settings.config).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SettingsError("config", settings.config, f"cannot read it: {reason}") from None
+    try:
+        return ChannelRules.from_toml(text)
+    except RulesError as exc:
+        raise SettingsError("config", settings.config, str(exc)) from None
 
 
 STARTUP_FAILURE = 3
@@ -214,7 +277,10 @@ def build_or_exit(factory: Callable[[Settings], T], environ: Mapping[str, str] |
         settings = Settings.from_env(env)
     except SettingsError as exc:
         _exit_bad_setting(exc, env)
-    built = factory(settings)
+    try:
+        built = factory(settings)
+    except SettingsError as exc:  # what the factory loads from the settings (FANOUT_CONFIG)
+        _exit_bad_setting(exc, env)
     warnings = unknown_variables(env)
     if warnings and _first_worker("warned"):
         for warning in warnings:

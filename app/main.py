@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from app.config import Settings, build_or_exit
+from app.config import Settings, build_or_exit, load_channel_rules
 from app.logging_setup import configure_logging
 from app.routes import api, broadcast, echo, errors, pages, protocol, stats
 from app.server.application import FanoutApp
@@ -24,10 +24,11 @@ def create_app(settings: Settings | None = None) -> FanoutApp:
     settings = settings if settings is not None else Settings.from_env()
     configure_logging(settings)
     create_backend(settings)  # fail at import on a bad FANOUT_BACKEND, not later
+    rules = load_channel_rules(settings)  # likewise for a bad rules file
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        node = Node(settings, create_backend(settings))
+        node = Node(settings, create_backend(settings), rules)
         await node.start()
         app.state.node = node
         if settings.gc_freeze:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.config import Settings
+from app.services.auth import Authorizer
 from app.services.backends import Backend
 from app.services.backends.base import CONTROL_CHANNEL
 from app.services.broadcast import BroadcastService
@@ -12,7 +13,9 @@ from app.services.cluster import ClusterView
 from app.services.figures import WorkerFigures
 from app.services.idempotency import create_idempotency_store
 from app.services.message import Message
+from app.services.rules import ChannelRules
 from app.services.stats import StatsService
+from app.services.tokens import TokenVerifier
 
 
 class Node:
@@ -22,8 +25,19 @@ class Node:
     :class:`ClusterView`, every other channel to the :class:`BroadcastService`.
     """
 
-    def __init__(self, settings: Settings, backend: Backend) -> None:
+    def __init__(
+        self, settings: Settings, backend: Backend, rules: ChannelRules | None = None
+    ) -> None:
         self.backend = backend
+        self.auth = Authorizer(
+            rules if rules is not None else ChannelRules(),
+            TokenVerifier(
+                hmac_secret=settings.token_hmac_secret,
+                public_key=settings.token_public_key,
+                audience=settings.token_audience,
+                issuer=settings.token_issuer,
+            ),
+        )
         self.stats = StatsService(log_interval=settings.stats_log_interval)
         self.broadcast = BroadcastService(settings, backend, self.stats)
         self.idempotency = create_idempotency_store(settings, backend)
