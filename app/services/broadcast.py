@@ -44,7 +44,7 @@ class BroadcastService:
         self._connections: dict[int, Connection] = {}
         # A dict per channel keeps delivery order stable and removal O(1).
         self._channels: dict[str, dict[int, Connection]] = {}
-        self._cork = Cork()
+        self._cork = Cork(stats.write_latency)
 
     # -- connections -----------------------------------------------------------------------
 

@@ -15,8 +15,15 @@ from app.logging_setup import LOGGER_NAME
 from app.services.close_codes import PROTOCOL_ERRORS, CloseCode
 from app.services.connection import Connection
 from app.services.counters import Counters
-from app.services.figures import ConnectionFigures, MessageFigures, WorkerFigures, WorkerInfo
+from app.services.figures import (
+    ConnectionFigures,
+    LatencyFigures,
+    MessageFigures,
+    WorkerFigures,
+    WorkerInfo,
+)
 from app.services.gc_monitor import GcMonitor
+from app.services.latency import WriteLatency
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -35,11 +42,13 @@ class StatsService:
     Services and routes report through its methods (a refused handshake, an HTTP error, a
     connection opened or closed, a slow consumer, a gap) and it counts, logs one line, and
     folds everything into :meth:`figures`. The hot path (deliveries, received messages)
-    increments :attr:`counters` directly: one integer add, no call.
+    increments :attr:`counters` directly: one integer add, no call; the worker's cork
+    observes :attr:`write_latency` once per loop turn.
     """
 
     def __init__(self, *, log_interval: float) -> None:
         self.counters = Counters()
+        self.write_latency = WriteLatency()
         self.gc_monitor = GcMonitor()
         self.host = socket.gethostname()
         self.pid = os.getpid()
@@ -167,6 +176,10 @@ class StatsService:
             rejected=dict(sorted(c.rejected.items())),
             closes={str(code): n for code, n in sorted(c.closes.items())},
             http_errors={str(status): n for status, n in sorted(c.http_errors.items())},
+            write_latency=LatencyFigures(
+                counts=list(self.write_latency.counts),
+                sum_seconds=round(self.write_latency.sum, 6),
+            ),
             worker=WorkerInfo(
                 id=self.worker_id,
                 pid=self.pid,
