@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import errno
 import importlib.util
@@ -23,6 +24,10 @@ T = TypeVar("T")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _GROUP_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+_ADMIN_KEY = re.compile(r"[\x21-\x7e]+")
+"""What an HTTP header carries as one token: visible ASCII, no spaces."""
+HIDDEN = "<hidden>"
+"""How an error line shows a secret's value."""
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 LOG_FORMATS = ("text", "json")
 BACKEND_SCHEMES = ("memory", "local", "redis", "rediss", "unix")
@@ -96,6 +101,10 @@ class Settings:
     """redis://: messages that may wait to be published; beyond it they are dropped (counted)."""
     redis_reconnect_max: float = 2.0
     """redis://: longest pause, in seconds, between attempts to reconnect to Redis."""
+    admin_key: str = dataclasses.field(default="", repr=False)
+    """When set, /stats and /metrics answer only requests that present it (``X-Admin-Key: K``
+    or ``Authorization: Bearer K``); empty leaves them open. Never shown: not in the
+    settings' repr, not in an error line, not in a log line."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -114,6 +123,8 @@ class Settings:
             raw = env.get(exc.variable, "").strip()
             if exc.variable == "FANOUT_BACKEND":
                 raw = _redact(raw)  # never print a password
+            elif exc.variable == "FANOUT_ADMIN_KEY":
+                raw = HIDDEN
             if raw:
                 raise SettingsError(exc.variable[len("FANOUT_") :], raw, exc.allowed) from None
             raise
@@ -163,6 +174,10 @@ class Settings:
         if self.log_format.lower() not in LOG_FORMATS:
             raise SettingsError("log_format", self.log_format, "expected text or json")
         self._validate_backend()
+        if self.admin_key and not _ADMIN_KEY.fullmatch(self.admin_key):
+            raise SettingsError(
+                "admin_key", HIDDEN, "expected visible ASCII characters (no spaces), or empty"
+            )
         if self.local_group and not _GROUP_NAME.fullmatch(self.local_group):
             raise SettingsError(
                 "local_group",

@@ -10,8 +10,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from app.routes.admin import admin_only
 
 
+@admin_only
 async def metrics(request: Request) -> Response:
     """The exposition format the scraper asks for (Prometheus text, or OpenMetrics)."""
     registry = cast(CollectorRegistry, request.app.state.metrics_registry)

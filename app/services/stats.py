@@ -141,6 +141,14 @@ class StatsService:
         """An HTTP request was answered with error ``status``."""
         self.counters.http_errors[status] += 1
 
+    def admin_refused(self, path: str, peer: str, why: str) -> None:
+        """``path`` needs the admin key and the request's was ``why`` ('missing', 'wrong').
+
+        Counted as an HTTP 401; the line never shows a key, the presented one included.
+        """
+        self.counters.http_errors[401] += 1
+        logger.warning("refused %s from %s: admin key %s", path, peer, why)
+
     def gap(self, reason: str, subscribers: int) -> None:
         """``subscribers`` were told that messages from elsewhere may be missing."""
         self.gap_notices += 1
