@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import httpx
 import pytest
 import websockets
 from prometheus_client import generate_latest
 from prometheus_client.metrics_core import Metric
-from prometheus_client.openmetrics.parser import (
-    text_string_to_metric_families as openmetrics_families,
-)
+from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.services.figures import (
@@ -240,6 +238,7 @@ async def test_a_scraper_that_asks_for_openmetrics_gets_it(start_server: StartSe
             f"{server.base}/metrics", headers={"Accept": "application/openmetrics-text"}
         )
     assert response.headers["content-type"].startswith("application/openmetrics-text")
-    families = {f.name: f for f in openmetrics_families(response.text)}
+    parse: Callable[[str], Iterable[Metric]] = openmetrics_parser.text_string_to_metric_families
+    families = {f.name: f for f in parse(response.text)}
     assert families["fanout_messages_delivered"].type == "counter"
     assert families["fanout_publish_to_write_seconds"].type == "histogram"
