@@ -101,6 +101,11 @@ class Settings:
     """redis://: messages that may wait to be published; beyond it they are dropped (counted)."""
     redis_reconnect_max: float = 2.0
     """redis://: longest pause, in seconds, between attempts to reconnect to Redis."""
+    max_subscriptions: int = 128
+    """fanout.v1: channels one connection may subscribe to; one more is refused with 429."""
+    api_keys: str = ""
+    """Keys for the HTTP API (POST /api/*), comma separated (several, for rotation); empty
+    disables the API (403)."""
     admin_key: str = dataclasses.field(default="", repr=False)
     """When set, /stats and /metrics answer only requests that present it (``X-Admin-Key: K``
     or ``Authorization: Bearer K``); empty leaves them open. Never shown: not in the
@@ -136,6 +141,7 @@ class Settings:
             "max_message_bytes",
             "outbox_max_messages",
             "outbox_max_bytes",
+            "max_subscriptions",
             "local_peer_buffer_bytes",
             "redis_publish_queue",
         ):

@@ -12,7 +12,7 @@ from starlette.middleware import Middleware
 
 from app.config import Settings, build_or_exit
 from app.logging_setup import configure_logging
-from app.routes import broadcast, echo, errors, metrics, pages, stats
+from app.routes import api, broadcast, echo, errors, metrics, pages, protocol, stats
 from app.server.application import FanoutApp
 from app.server.socket import ProbeMiddleware
 from app.services.backends import create_backend
@@ -42,12 +42,13 @@ def create_app(settings: Settings | None = None) -> FanoutApp:
         finally:
             await node.stop()
 
-    socket_routes = (*echo.routes, *broadcast.routes)
+    socket_routes = (*echo.routes, *broadcast.routes, *protocol.routes)
     app = FanoutApp(
         routes=[
             *pages.routes,
             *stats.routes,
             *metrics.routes,
+            *api.routes,
             *socket_routes,
             *errors.fallback_routes(socket_routes, broadcast.http_checks),
         ],

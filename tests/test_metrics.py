@@ -47,6 +47,7 @@ COUNTERS = {
     "fanout_gc_collections",
     "fanout_gc_pause_seconds",
     "fanout_http_errors",
+    "fanout_protocol_errors",
 }
 GAUGES = {
     "fanout_connections",
@@ -56,6 +57,7 @@ GAUGES = {
     "fanout_uptime_seconds",
     "fanout_heartbeat_age_seconds",
     "fanout_channels",
+    "fanout_subscriptions",
 }
 HISTOGRAMS = {"fanout_publish_to_write_seconds"}
 

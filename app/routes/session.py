@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from starlette.responses import JSONResponse
+from starlette.types import Receive
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from app.routes.context import broadcast_service, settings_of, stats_service
@@ -28,12 +29,23 @@ the fan-out would fill every healthy client's outbox before any writer ran.
 """
 
 
-async def deny(websocket: WebSocket, status: int, reason: str, detail: str) -> None:
-    """Refuse a handshake with an HTTP status, or a close code where the server can't."""
+async def deny(
+    websocket: WebSocket,
+    status: int,
+    reason: str,
+    detail: str,
+    body: dict[str, Any] | None = None,
+) -> None:
+    """Refuse a handshake with an HTTP status, or a close code where the server can't.
+
+    The body is ``{"error": reason, "detail": detail}`` (the raw sockets' shape) unless
+    ``body`` is given (fanout.v1's ``{"error": {"code", "message"}}``).
+    """
     stats_service(websocket).rejected(reason, peer_of(websocket), websocket.url.path)
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         headers = {"Retry-After": "1"} if status == 503 else None
-        response = JSONResponse({"error": reason, "detail": detail}, status, headers=headers)
+        content = body if body is not None else {"error": reason, "detail": detail}
+        response = JSONResponse(content, status, headers=headers)
         await websocket.send_denial_response(response)
         ServerSocket(websocket.scope).denial_sent()
     else:
@@ -41,26 +53,38 @@ async def deny(websocket: WebSocket, status: int, reason: str, detail: str) -> N
         await websocket.close(code, detail)
 
 
+async def admit(websocket: WebSocket, *, endpoint: str, channel: str | None) -> Connection | None:
+    """Register a client if the worker has room (its handshake is not yet accepted), else
+    refuse it with 503 and return None."""
+    service = broadcast_service(websocket)
+    if not service.has_capacity():
+        await deny(websocket, 503, "capacity", "server at its connection limit; retry later")
+        return None
+    return service.connect(websocket, endpoint=endpoint, channel=channel)
+
+
+async def accept(websocket: WebSocket, conn: Connection, subprotocol: str | None = None) -> Receive:
+    """Complete the handshake and start delivering; returns the receive to loop on."""
+    await websocket.accept(subprotocol)
+    conn.accepted(websocket.scope)
+    # After accept, Starlette's receive only adds state checks the loop does not need.
+    return ServerSocket.receive_of(websocket.scope, websocket.receive)
+
+
 async def run_session(
     websocket: WebSocket, *, endpoint: str, channel: str | None, on_message: OnMessage
 ) -> None:
     """Serve one client until it leaves: every message it sends goes to ``on_message``."""
-    service = broadcast_service(websocket)
-    if not service.has_capacity():
-        await deny(websocket, 503, "capacity", "server at its connection limit; retry later")
+    conn = await admit(websocket, endpoint=endpoint, channel=channel)
+    if conn is None:
         return
+    service = broadcast_service(websocket)
     stats = service.stats  # shared: a bound method here would cost every idle socket
     limit = settings_of(websocket).max_message_bytes
-    server_socket = ServerSocket(websocket.scope)
-    conn = service.connect(websocket, server_socket, endpoint=endpoint, channel=channel)
     code: int = CloseCode.NO_STATUS
     unyielded = 0
     try:
-        await websocket.accept()
-        server_socket.after_accept(websocket.scope, direct=conn.path == "direct")
-        conn.start()
-        # After accept, Starlette's receive only adds state checks the loop does not need.
-        receive = ServerSocket.receive_of(websocket.scope, websocket.receive)
+        receive = await accept(websocket, conn)
         while True:
             event: Any = await receive()
             if event["type"] == "websocket.disconnect":

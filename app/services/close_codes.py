@@ -29,9 +29,17 @@ class CloseCode(IntEnum):
     """The worker is at FANOUT_MAX_CONNECTIONS and the server cannot answer with HTTP 503."""
     SLOW_CONSUMER = 4008
     """The client did not read fast enough: its outbox overflowed. Reconnect."""
+    BAD_FRAME = 4501
+    """fanout.v1: a frame that cannot be read at all (not JSON, not an object, a binary
+    frame that is not a publish). Do not reconnect with the same client."""
 
 
 PROTOCOL_ERRORS = frozenset(
-    {CloseCode.PROTOCOL_ERROR, CloseCode.INVALID_UTF8, CloseCode.MESSAGE_TOO_BIG}
+    {
+        CloseCode.PROTOCOL_ERROR,
+        CloseCode.INVALID_UTF8,
+        CloseCode.MESSAGE_TOO_BIG,
+        CloseCode.BAD_FRAME,
+    }
 )
 """Codes that mean the client broke the protocol; logged as one warning line."""

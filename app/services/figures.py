@@ -36,6 +36,8 @@ class MessageFigures(msgspec.Struct):
     """Handed to a client's socket."""
     dropped: int = 0
     """Discarded because their receiver was closed as a slow consumer."""
+    published_api: int = 0
+    """Published through the HTTP API."""
 
 
 class LatencyFigures(msgspec.Struct):
@@ -66,7 +68,9 @@ class WorkerFigures(msgspec.Struct):
     backend: dict[str, Any] = {}
     connections: ConnectionFigures = msgspec.field(default_factory=ConnectionFigures)
     channels: dict[str, int] = {}
-    """Subscribers per channel."""
+    """Subscribers per channel (raw sockets and fanout.v1 subscriptions)."""
+    subscriptions: int = 0
+    """fanout.v1 subscriptions (one socket may hold many)."""
     messages: MessageFigures = msgspec.field(default_factory=MessageFigures)
     slow_consumer_disconnects: int = 0
     gap_notices: int = 0
@@ -78,6 +82,8 @@ class WorkerFigures(msgspec.Struct):
     """Closed connections by close code."""
     http_errors: dict[str, int] = {}
     """HTTP error answers by status."""
+    protocol_errors: dict[str, int] = {}
+    """fanout.v1 errors by code (4501: unreadable frame, socket closed)."""
     write_latency: LatencyFigures = msgspec.field(default_factory=LatencyFigures)
     worker: WorkerInfo = msgspec.field(default_factory=WorkerInfo)
 

@@ -87,7 +87,7 @@ class _Families:
         )
         self.received = CounterMetricFamily(
             "fanout_messages_received",
-            "Messages received from clients, by where they came in (socket).",
+            "Messages received, by where they came in (socket: from clients; api: HTTP API).",
             labels=[*WORKER, "source"],
         )
         self.delivered = CounterMetricFamily(
@@ -141,6 +141,16 @@ class _Families:
             " time since its last heartbeat.",
             labels=list(WORKER),
         )
+        self.subscriptions = GaugeMetricFamily(
+            "fanout_subscriptions",
+            "fanout.v1 subscriptions (a socket with three channels counts three).",
+            labels=list(WORKER),
+        )
+        self.protocol_errors = CounterMetricFamily(
+            "fanout_protocol_errors",
+            "fanout.v1 commands refused, by error code (4501: an unreadable frame closed).",
+            labels=[*WORKER, "code"],
+        )
         self.channels = GaugeMetricFamily(
             "fanout_channels",
             "Channels with at least one subscriber on the worker.",
@@ -167,6 +177,9 @@ class _Families:
         _each(self.closed, who, f.closes)
         _each(self.rejected, who, f.rejected)
         self.received.add_metric([*who, "socket"], f.messages.received)
+        self.received.add_metric([*who, "api"], f.messages.published_api)
+        self.subscriptions.add_metric(who, f.subscriptions)
+        _each(self.protocol_errors, who, f.protocol_errors)
         self.delivered.add_metric(who, f.messages.delivered)
         self.dropped.add_metric(who, f.messages.dropped)
         self.slow.add_metric(who, f.slow_consumer_disconnects)

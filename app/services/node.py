@@ -10,6 +10,7 @@ from app.services.backends.base import CONTROL_CHANNEL
 from app.services.broadcast import BroadcastService
 from app.services.cluster import ClusterView
 from app.services.figures import WorkerFigures
+from app.services.idempotency import create_idempotency_store
 from app.services.message import Message
 from app.services.stats import StatsService
 
@@ -25,6 +26,7 @@ class Node:
         self.backend = backend
         self.stats = StatsService(log_interval=settings.stats_log_interval)
         self.broadcast = BroadcastService(settings, backend, self.stats)
+        self.idempotency = create_idempotency_store(settings, backend)
         self.cluster = ClusterView(
             worker_id=self.stats.worker_id,
             interval=settings.heartbeat_interval,
@@ -37,6 +39,7 @@ class Node:
         """Start reporting, connect the backend, then announce this worker."""
         await self.stats.start()
         await self.backend.start(self._from_backend, self.broadcast.gap)
+        await self.idempotency.start()
         await self.cluster.start()
 
     async def stop(self) -> None:
@@ -44,11 +47,15 @@ class Node:
         await self.cluster.stop()
         await self.broadcast.close_all()
         await self.backend.stop()
+        await self.idempotency.stop()
         await self.stats.stop()
 
     def figures(self) -> WorkerFigures:
         """This worker's own figures (its heartbeat)."""
-        return self.stats.figures(self.broadcast.channel_sizes(), self.backend.status())
+        broadcast = self.broadcast
+        return self.stats.figures(
+            broadcast.channel_sizes(), broadcast.subscriptions, self.backend.status()
+        )
 
     def every_worker(self) -> list[tuple[float, WorkerFigures]]:
         """/metrics: every live worker's (heartbeat age, figures), this worker's live first."""

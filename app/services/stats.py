@@ -29,7 +29,7 @@ logger = logging.getLogger(LOGGER_NAME)
 
 WRITE_PATHS = ("asgi", "direct")
 """How a connection's messages reach its socket (see Connection.path)."""
-ENDPOINTS = ("broadcast", "echo")
+ENDPOINTS = ("broadcast", "echo", "ws")
 """Socket endpoints /stats always reports, with zero when nobody is connected."""
 
 QUIET_LOG_EVERY = 20
@@ -53,6 +53,8 @@ class StatsService:
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.worker_id = f"{self.host}:{self.pid}"
+        self.tag = os.urandom(4).hex()
+        """This process's part of every client id: unique across workers, hosts, restarts."""
         self.gap_notices = 0
         self.connections = 0
         self._by_endpoint: dict[str, int] = dict.fromkeys(ENDPOINTS, 0)
@@ -159,13 +161,32 @@ class StatsService:
         )
 
     def client_id(self, conn: Connection) -> str:
-        """``conn``'s id as log lines show it: unique across the workers of a host."""
-        return f"{self.pid}.{conn.id}"
+        """``conn``'s id in log lines and fanout.v1: unique across workers and hosts."""
+        return f"{self.tag}-{conn.id}"
+
+    def protocol_error(self, conn: Connection, code: int, message: str, *, log: bool) -> None:
+        """A fanout.v1 command was refused with ``code`` (or the frame closed the socket)."""
+        self.counters.protocol_errors[code] += 1
+        if log:
+            logger.warning(
+                "protocol error %d from %s id=%s: %s",
+                code,
+                conn.peer,
+                self.client_id(conn),
+                message[:200],
+            )
+
+    def api_published(self) -> None:
+        """A message was published through the HTTP API."""
+        self.counters.api_published += 1
 
     # -- figures ----------------------------------------------------------------------------
 
-    def figures(self, channels: Mapping[str, int], backend: dict[str, Any]) -> WorkerFigures:
-        """This worker's figures, given its channels' subscriber counts and backend status."""
+    def figures(
+        self, channels: Mapping[str, int], subscriptions: int, backend: dict[str, Any]
+    ) -> WorkerFigures:
+        """This worker's figures, given its channels' subscriber counts, its fanout.v1
+        subscriptions and its backend's status."""
         c = self.counters
         uptime = round(self.uptime(), 3)
         return WorkerFigures(
@@ -177,7 +198,14 @@ class StatsService:
                 by_path=dict(sorted(self._by_path.items())),
             ),
             channels=dict(sorted(channels.items())),
-            messages=MessageFigures(received=c.received, delivered=c.delivered, dropped=c.dropped),
+            messages=MessageFigures(
+                received=c.received,
+                delivered=c.delivered,
+                dropped=c.dropped,
+                published_api=c.api_published,
+            ),
+            subscriptions=subscriptions,
+            protocol_errors={str(code): n for code, n in sorted(c.protocol_errors.items())},
             slow_consumer_disconnects=c.slow_consumer_disconnects,
             gap_notices=self.gap_notices,
             connections_opened=c.connections_opened,

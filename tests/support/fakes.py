@@ -20,6 +20,7 @@ class FakeSocket:
 
     def __init__(self) -> None:
         self.client = None
+        self.scope: dict[str, Any] = {}
         self.sent: list[dict[str, Any]] = []
         self.block = asyncio.Event()
         self.block.set()
