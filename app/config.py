@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import errno
 import importlib.util
@@ -25,6 +26,14 @@ T = TypeVar("T")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _GROUP_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+_ADMIN_KEY = re.compile(r"[\x21-\x7e]+")
+"""What an HTTP header carries as one token: visible ASCII, no spaces."""
+HIDDEN = "<hidden>"
+SECRET_VARIABLES = frozenset(
+    {"FANOUT_ADMIN_KEY", "FANOUT_API_KEYS", "FANOUT_TOKEN_HMAC_SECRET", "FANOUT_TOKEN_PUBLIC_KEY"}
+)
+"""Variables whose value an error line never shows (a key, or a PEM too long for one line)."""
+"""How an error line shows a secret's value."""
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 LOG_FORMATS = ("text", "json")
 BACKEND_SCHEMES = ("memory", "local", "redis", "rediss", "unix")
@@ -100,13 +109,13 @@ class Settings:
     """redis://: longest pause, in seconds, between attempts to reconnect to Redis."""
     max_subscriptions: int = 128
     """fanout.v1: channels one connection may subscribe to; one more is refused with 429."""
-    api_keys: str = ""
+    api_keys: str = dataclasses.field(default="", repr=False)
     """Keys for the HTTP API (POST /api/*), comma separated (several, for rotation); empty
     disables the API (403)."""
     config: str = ""
     """Path of the channel rules file (TOML, ``[[channels]]`` tables); empty: the built-in
     rule only (anyone subscribes, subscribers publish)."""
-    token_hmac_secret: str = ""
+    token_hmac_secret: str = dataclasses.field(default="", repr=False)
     """Secret for HS256 tokens (connection and subscription JWTs)."""
     token_public_key: str = ""
     """Public key for RS256/ES256 tokens: the PEM text, or the path of a PEM file."""
@@ -117,6 +126,10 @@ class Settings:
     require_auth: bool = False
     """Refuse sockets without a valid connection token (HTTP 401 at the handshake; on
     /ws, close 4500 unless the first command is a ``connect`` with a valid token)."""
+    admin_key: str = dataclasses.field(default="", repr=False)
+    """When set, /stats and /metrics answer only requests that present it (``X-Admin-Key: K``
+    or ``Authorization: Bearer K``); empty leaves them open. Never shown: not in the
+    settings' repr, not in an error line, not in a log line."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -135,6 +148,8 @@ class Settings:
             raw = env.get(exc.variable, "").strip()
             if exc.variable == "FANOUT_BACKEND":
                 raw = _redact(raw)  # never print a password
+            elif exc.variable in SECRET_VARIABLES:
+                raw = HIDDEN
             if raw:
                 raise SettingsError(exc.variable[len("FANOUT_") :], raw, exc.allowed) from None
             raise
@@ -186,6 +201,10 @@ class Settings:
             raise SettingsError("log_format", self.log_format, "expected text or json")
         self._validate_backend()
         self._validate_tokens()
+        if self.admin_key and not _ADMIN_KEY.fullmatch(self.admin_key):
+            raise SettingsError(
+                "admin_key", HIDDEN, "expected visible ASCII characters (no spaces), or empty"
+            )
         if self.local_group and not _GROUP_NAME.fullmatch(self.local_group):
             raise SettingsError(
                 "local_group",
@@ -211,7 +230,7 @@ class Settings:
     def _validate_tokens(self) -> None:
         if self.token_hmac_secret and self.token_public_key:
             raise SettingsError(
-                "token_public_key", "(set)", "set FANOUT_TOKEN_HMAC_SECRET or this, not both"
+                "token_public_key", HIDDEN, "set FANOUT_TOKEN_HMAC_SECRET or this, not both"
             )
         key = self.token_public_key
         if key and "-----BEGIN" not in key:
@@ -226,7 +245,7 @@ class Settings:
                 load_pem_public_key(key.encode())
             except ValueError:
                 raise SettingsError(
-                    "token_public_key", "(set)", "not a PEM public key (RSA or EC)"
+                    "token_public_key", HIDDEN, "not a PEM public key (RSA or EC)"
                 ) from None
         if self.require_auth and not (self.token_hmac_secret or self.token_public_key):
             raise SettingsError(

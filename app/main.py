@@ -12,10 +12,11 @@ from starlette.middleware import Middleware
 
 from app.config import Settings, build_or_exit, load_channel_rules
 from app.logging_setup import configure_logging
-from app.routes import api, broadcast, echo, errors, pages, protocol, stats
+from app.routes import api, broadcast, echo, errors, metrics, pages, protocol, stats
 from app.server.application import FanoutApp
 from app.server.socket import ProbeMiddleware
 from app.services.backends import create_backend
+from app.services.metrics import metrics_registry
 from app.services.node import Node
 
 
@@ -31,6 +32,7 @@ def create_app(settings: Settings | None = None) -> FanoutApp:
         node = Node(settings, create_backend(settings), rules)
         await node.start()
         app.state.node = node
+        app.state.metrics_registry = metrics_registry(node.every_worker)
         if settings.gc_freeze:
             # Start-up objects (modules, routes) never die: keep them out of every
             # collection so full collections, which pause the loop, scan less.
@@ -46,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FanoutApp:
         routes=[
             *pages.routes,
             *stats.routes,
+            *metrics.routes,
             *api.routes,
             *socket_routes,
             *errors.fallback_routes(socket_routes, broadcast.http_checks),

@@ -53,7 +53,7 @@ class BroadcastService:
         self._subscribers: ChannelTable = {}
         self.subscriptions = 0
         """fanout.v1 subscriptions on this worker (a socket with three channels counts 3)."""
-        self._cork = Cork()
+        self._cork = Cork(stats.write_latency)
 
     # -- connections -----------------------------------------------------------------------
 

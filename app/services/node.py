@@ -71,6 +71,10 @@ class Node:
             broadcast.channel_sizes(), broadcast.subscriptions, self.backend.status()
         )
 
+    def every_worker(self) -> list[tuple[float, WorkerFigures]]:
+        """/metrics: every live worker's (heartbeat age, figures), this worker's live first."""
+        return self.cluster.everyone(self.figures())
+
     def cluster_figures(self) -> dict[str, Any]:
         """/stats: this worker's figures added up with every other live worker's."""
         return self.cluster.merged(self.figures())

@@ -15,8 +15,15 @@ from app.logging_setup import LOGGER_NAME
 from app.services.close_codes import PROTOCOL_ERRORS, CloseCode
 from app.services.connection import Connection
 from app.services.counters import Counters
-from app.services.figures import ConnectionFigures, MessageFigures, WorkerFigures, WorkerInfo
+from app.services.figures import (
+    ConnectionFigures,
+    LatencyFigures,
+    MessageFigures,
+    WorkerFigures,
+    WorkerInfo,
+)
 from app.services.gc_monitor import GcMonitor
+from app.services.latency import WriteLatency
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -35,11 +42,13 @@ class StatsService:
     Services and routes report through its methods (a refused handshake, an HTTP error, a
     connection opened or closed, a slow consumer, a gap) and it counts, logs one line, and
     folds everything into :meth:`figures`. The hot path (deliveries, received messages)
-    increments :attr:`counters` directly: one integer add, no call.
+    increments :attr:`counters` directly: one integer add, no call; the worker's cork
+    observes :attr:`write_latency` once per loop turn.
     """
 
     def __init__(self, *, log_interval: float) -> None:
         self.counters = Counters()
+        self.write_latency = WriteLatency()
         self.gc_monitor = GcMonitor()
         self.host = socket.gethostname()
         self.pid = os.getpid()
@@ -134,6 +143,14 @@ class StatsService:
         """An HTTP request was answered with error ``status``."""
         self.counters.http_errors[status] += 1
 
+    def admin_refused(self, path: str, peer: str, why: str) -> None:
+        """``path`` needs the admin key and the request's was ``why`` ('missing', 'wrong').
+
+        Counted as an HTTP 401; the line never shows a key, the presented one included.
+        """
+        self.counters.http_errors[401] += 1
+        logger.warning("refused %s from %s: admin key %s", path, peer, why)
+
     def gap(self, reason: str, subscribers: int) -> None:
         """``subscribers`` were told that messages from elsewhere may be missing."""
         self.gap_notices += 1
@@ -195,6 +212,10 @@ class StatsService:
             rejected=dict(sorted(c.rejected.items())),
             closes={str(code): n for code, n in sorted(c.closes.items())},
             http_errors={str(status): n for status, n in sorted(c.http_errors.items())},
+            write_latency=LatencyFigures(
+                counts=list(self.write_latency.counts),
+                sum_seconds=round(self.write_latency.sum, 6),
+            ),
             worker=WorkerInfo(
                 id=self.worker_id,
                 pid=self.pid,
