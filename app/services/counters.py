@@ -26,3 +26,7 @@ class Counters:
     """Closed WebSocket connections, by close code."""
     http_errors: Counter[int] = field(default_factory=Counter)
     """HTTP requests answered with an error status by the application, by status."""
+    protocol_errors: Counter[int] = field(default_factory=Counter)
+    """fanout.v1 commands refused (by error code) and unreadable frames (4501)."""
+    api_published: int = 0
+    """Messages published through the HTTP API."""

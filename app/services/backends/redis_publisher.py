@@ -12,7 +12,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from app.logging_setup import LOGGER_NAME
-from app.services.backends.redis_wire import BINARY, CONNECT_TIMEOUT, FAILURES, PREFIX, TEXT
+from app.services.backends.redis_wire import (
+    BINARY,
+    CONNECT_TIMEOUT,
+    FAILURES,
+    JSON,
+    PREFIX,
+    TEXT,
+)
 from app.services.message import Message
 
 logger = logging.getLogger(LOGGER_NAME)
@@ -65,7 +72,7 @@ class RedisPublisher:
         if not self.accepting or len(self._queue) >= self._queue_max:
             self.dropped += 1
             return
-        kind = TEXT if message.is_text else BINARY
+        kind = BINARY if message.text is None else JSON if message.is_json else TEXT
         self._queue.append((PREFIX + channel.encode(), self._origin + kind + message.data))
         self._queue_ready.set()
 

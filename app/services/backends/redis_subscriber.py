@@ -17,6 +17,7 @@ from app.services.backends.base import CONTROL_CHANNEL, Deliver
 from app.services.backends.redis_wire import (
     CONNECT_TIMEOUT,
     FAILURES,
+    JSON,
     ORIGIN_BYTES,
     PREFIX,
     TEXT,
@@ -121,9 +122,12 @@ class RedisSubscriber:
             kind = payload[ORIGIN_BYTES : ORIGIN_BYTES + 1]
             data = payload[ORIGIN_BYTES + 1 :]
             try:
-                message = (
-                    Message(data=data, text=data.decode()) if kind == TEXT else Message(data=data)
-                )
+                if kind == TEXT:
+                    message = Message.from_utf8(data)
+                elif kind == JSON:
+                    message = Message.from_json(data)
+                else:
+                    message = Message.from_bytes(data)
             except UnicodeDecodeError:
                 logger.warning("redis backend: dropping a text message that is not UTF-8")
                 continue
