@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from app.config import Settings
-from app.server.socket import ServerSocket
 from app.services.backends.memory import MemoryBackend
 from app.services.message import Message
 from app.services.node import Node
@@ -18,7 +17,7 @@ async def test_broadcast_encodes_once_and_shares_the_bytes() -> None:
     service = node.broadcast
     socks = [FakeSocket() for _ in range(50)]
     conns = [
-        service.connect(s, ServerSocket({}), endpoint="broadcast", channel="default")  # type: ignore[arg-type]
+        service.connect(s, endpoint="broadcast", channel="default")  # type: ignore[arg-type]
         for s in socks
     ]
     message = Message.from_text("héllo")
@@ -34,6 +33,7 @@ async def test_broadcast_encodes_once_and_shares_the_bytes() -> None:
     figures = node.figures()
     assert figures.connections.total == 50 and figures.channels == {"default": 50}
     assert figures.connections.by_path == {"asgi": 50, "direct": 0}
+    assert figures.connections.by_endpoint == {"broadcast": 50, "echo": 0, "ws": 0}
     for c in conns:
         await service.disconnect(c, 1000)
     assert node.figures().closes == {"1000": 50}

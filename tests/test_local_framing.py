@@ -7,7 +7,15 @@ import struct
 import pytest
 
 from app.services import framing
-from app.services.framing import DATA_BINARY, DATA_TEXT, GAP, HELLO, FrameDecoder, FrameError
+from app.services.framing import (
+    DATA_BINARY,
+    DATA_JSON,
+    DATA_TEXT,
+    GAP,
+    HELLO,
+    FrameDecoder,
+    FrameError,
+)
 from app.services.message import Message
 
 MAX = 1 << 20
@@ -57,6 +65,15 @@ def test_a_text_message_comes_back_as_the_same_text_on_the_same_channel() -> Non
     assert received.data == sent.data
 
 
+def test_a_json_publication_stays_json_so_every_worker_frames_it_as_data() -> None:
+    sent = Message.from_json(b'{"b": 1,  "a": [1, 2]}')
+    [frame] = decode_all(framing.encode("news", sent))
+    assert frame.kind == DATA_JSON
+    received = frame.message()
+    assert received.is_json and received.data == sent.data
+    assert received.envelope("news").data == b'{"ch":"news","d":{"b": 1,  "a": [1, 2]}}'
+
+
 def test_a_binary_message_comes_back_as_the_same_bytes_and_stays_binary() -> None:
     payload = bytes(range(256)) * 4
     [frame] = decode_all(framing.encode("room", Message.from_bytes(payload)))
@@ -75,7 +92,13 @@ def test_binary_bytes_that_happen_to_be_valid_utf8_stay_binary() -> None:
 
 @pytest.mark.parametrize(
     ("kind", "channel", "payload"),
-    [(HELLO, "", b"12345"), (GAP, "", b""), (DATA_TEXT, "c", b"t"), (DATA_BINARY, "c", b"\x00")],
+    [
+        (HELLO, "", b"12345"),
+        (GAP, "", b""),
+        (DATA_TEXT, "c", b"t"),
+        (DATA_BINARY, "c", b"\x00"),
+        (DATA_JSON, "c", b'{"a": 1}'),
+    ],
 )
 def test_every_kind_of_frame_round_trips(kind: int, channel: str, payload: bytes) -> None:
     assert decode_all(framing.encode_control(kind, channel, payload)) == [
@@ -146,7 +169,7 @@ def test_an_oversized_length_is_refused_from_the_header_alone() -> None:
         decoder.next()
 
 
-@pytest.mark.parametrize("kind", [0, 5, 255])
+@pytest.mark.parametrize("kind", [0, 6, 255])
 def test_an_unknown_kind_is_refused(kind: int) -> None:
     decoder = FrameDecoder(MAX)
     decoder.feed(header(3 + 1, kind, 0) + b"x")

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
 from starlette.responses import JSONResponse
+from starlette.types import Receive
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from app.routes.context import broadcast_service, settings_of, stats_service
+from app.routes.context import node_of, settings_of, stats_service
 from app.server.socket import ServerSocket
 from app.services.broadcast import BroadcastService, peer_of
 from app.services.close_codes import CloseCode
 from app.services.connection import Connection
 from app.services.message import Message
+from app.services.tokens import LEEWAY, Identity, TokenError
 
 OnMessage = Callable[[BroadcastService, Connection, Message], None]
 """What a socket route does with each message a client sends."""
+
+V1_ENDPOINT = "ws"
+"""The endpoint name of ``WS /ws`` (fanout.v1), whose refusals use its error shape."""
 
 YIELD_EVERY = 32
 """Messages handled before the receive loop lets the writers run.
@@ -28,12 +34,23 @@ the fan-out would fill every healthy client's outbox before any writer ran.
 """
 
 
-async def deny(websocket: WebSocket, status: int, reason: str, detail: str) -> None:
-    """Refuse a handshake with an HTTP status, or a close code where the server can't."""
+async def deny(
+    websocket: WebSocket,
+    status: int,
+    reason: str,
+    detail: str,
+    body: dict[str, Any] | None = None,
+) -> None:
+    """Refuse a handshake with an HTTP status, or a close code where the server can't.
+
+    The body is ``{"error": reason, "detail": detail}`` (the raw sockets' shape) unless
+    ``body`` is given (fanout.v1's ``{"error": {"code", "message"}}``).
+    """
     stats_service(websocket).rejected(reason, peer_of(websocket), websocket.url.path)
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         headers = {"Retry-After": "1"} if status == 503 else None
-        response = JSONResponse({"error": reason, "detail": detail}, status, headers=headers)
+        content = body if body is not None else {"error": reason, "detail": detail}
+        response = JSONResponse(content, status, headers=headers)
         await websocket.send_denial_response(response)
         ServerSocket(websocket.scope).denial_sent()
     else:
@@ -41,26 +58,86 @@ async def deny(websocket: WebSocket, status: int, reason: str, detail: str) -> N
         await websocket.close(code, detail)
 
 
+async def admit(
+    websocket: WebSocket, *, endpoint: str, channel: str | None
+) -> tuple[Connection, Identity | None] | None:
+    """Register a client (its handshake not yet accepted) and say who it is, or refuse it
+    with an HTTP status and return None.
+
+    Refusals: 503 at the worker's connection limit; 401 for an invalid ``?token=`` (or
+    none, on a raw socket where FANOUT_REQUIRE_AUTH is on: ``/ws`` may still ``connect``);
+    401/403 where the channel's rules do not let this client subscribe.
+    """
+    node = node_of(websocket)
+    v1 = endpoint == V1_ENDPOINT
+    if not node.broadcast.has_capacity():
+        await refuse(websocket, 503, "capacity", "server at its connection limit; retry later", v1)
+        return None
+    identity: Identity | None = None
+    token = websocket.query_params.get("token")
+    if token:
+        try:
+            identity = node.auth.tokens.connection(token)
+        except TokenError as exc:
+            await refuse(websocket, 401, "token", exc.reason, v1)
+            return None
+    elif not v1 and settings_of(websocket).require_auth:
+        await refuse(websocket, 401, "auth_required", "a token is required: ?token=", v1)
+        return None
+    if channel is not None:
+        refusal = node.auth.may_subscribe(identity, channel)
+        if refusal is not None:
+            reason = "forbidden" if refusal.code == 403 else "auth_required"
+            await refuse(websocket, refusal.code, reason, refusal.message, v1)
+            return None
+    return node.broadcast.connect(websocket, endpoint=endpoint, channel=channel), identity
+
+
+async def refuse(websocket: WebSocket, status: int, reason: str, detail: str, v1: bool) -> None:
+    """:func:`deny` with the body shape of the socket's kind (fanout.v1's on ``/ws``)."""
+    body = {"error": {"code": status, "message": detail}} if v1 else None
+    await deny(websocket, status, reason, detail, body)
+
+
+def expire_at_exp(conn: Connection, identity: Identity | None) -> asyncio.TimerHandle | None:
+    """Close ``conn`` with 4001 when ``identity``'s token expires (plus the leeway)."""
+    if identity is None or identity.exp is None:
+        return None
+    delay = max(0.0, identity.exp + LEEWAY - time.time())  # exp is wall-clock
+    return asyncio.get_running_loop().call_later(
+        delay, conn.close, CloseCode.TOKEN_EXPIRED, "token expired"
+    )
+
+
+async def accept(websocket: WebSocket, conn: Connection, subprotocol: str | None = None) -> Receive:
+    """Complete the handshake and start delivering; returns the receive to loop on."""
+    await websocket.accept(subprotocol)
+    conn.accepted(websocket.scope)
+    # After accept, Starlette's receive only adds state checks the loop does not need.
+    return ServerSocket.receive_of(websocket.scope, websocket.receive)
+
+
 async def run_session(
     websocket: WebSocket, *, endpoint: str, channel: str | None, on_message: OnMessage
 ) -> None:
     """Serve one client until it leaves: every message it sends goes to ``on_message``."""
-    service = broadcast_service(websocket)
-    if not service.has_capacity():
-        await deny(websocket, 503, "capacity", "server at its connection limit; retry later")
+    admitted = await admit(websocket, endpoint=endpoint, channel=channel)
+    if admitted is None:
         return
+    conn, identity = admitted
+    node = node_of(websocket)
+    service = node.broadcast
     stats = service.stats  # shared: a bound method here would cost every idle socket
     limit = settings_of(websocket).max_message_bytes
-    server_socket = ServerSocket(websocket.scope)
-    conn = service.connect(websocket, server_socket, endpoint=endpoint, channel=channel)
+    # Rules never change at run time: decided once, acted on at the first message.
+    forbidden = (
+        node.auth.may_publish(identity, channel, subscribed=True) if channel is not None else None
+    )
+    expiry = expire_at_exp(conn, identity)
     code: int = CloseCode.NO_STATUS
     unyielded = 0
     try:
-        await websocket.accept()
-        server_socket.after_accept(websocket.scope, direct=conn.path == "direct")
-        conn.start()
-        # After accept, Starlette's receive only adds state checks the loop does not need.
-        receive = ServerSocket.receive_of(websocket.scope, websocket.receive)
+        receive = await accept(websocket, conn)
         while True:
             event: Any = await receive()
             if event["type"] == "websocket.disconnect":
@@ -74,6 +151,10 @@ async def run_session(
                 code = CloseCode.MESSAGE_TOO_BIG
                 conn.close(code, f"message of {message.size} bytes exceeds {limit}")
                 break
+            if forbidden is not None:
+                code = CloseCode.FORBIDDEN
+                conn.close(code, forbidden.message)
+                break
             stats.received()
             on_message(service, conn, message)
             unyielded += 1
@@ -83,4 +164,6 @@ async def run_session(
     except WebSocketDisconnect as exc:
         code = exc.code
     finally:
+        if expiry is not None:
+            expiry.cancel()
         await service.disconnect(conn, code)

@@ -6,21 +6,26 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
+from app.routes.admin import admin_only
 from app.routes.context import node_of
 
 
+@admin_only
 async def stats(request: Request) -> JSONResponse:
     """Connections, channels and message counts of every worker of the cluster.
 
     Totals sum every live worker's figures (this worker's live, the others' as of their last
     heartbeat); ``worker``, ``backend`` and ``uptime_seconds`` are this worker's own, and
-    ``workers`` lists each worker's.
+    ``workers`` lists each worker's. Needs the admin key when FANOUT_ADMIN_KEY is set.
     """
     return JSONResponse(node_of(request).cluster_figures())
 
 
 async def healthz(request: Request) -> JSONResponse:
-    """200 while the backend is up, 503 when it is down (local delivery still works)."""
+    """200 while the backend is up, 503 when it is down (local delivery still works).
+
+    Always open, admin key or not: load balancers ask it.
+    """
     backend = node_of(request).backend.status()
     up = backend.get("status") == "up"
     body = {"status": "ok" if up else "degraded", "backend": backend}

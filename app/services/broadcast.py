@@ -16,10 +16,14 @@ from app.services.close_codes import CloseCode
 from app.services.connection import Connection, OutboxLimits
 from app.services.direct_connection import Cork, DirectConnection
 from app.services.message import Message
+from app.services.protocol.encode import encode_gap
 from app.services.stats import StatsService
 
 GAP_NOTICE_TYPE = "fanout.gap"
 """``type`` of the text message subscribers get when the backend may have lost messages."""
+
+ChannelTable = dict[str, dict[int, Connection]]
+"""Members by channel, each channel's members by connection id."""
 
 
 class BroadcastService:
@@ -42,9 +46,14 @@ class BroadcastService:
         )
         self._ids = itertools.count(1)
         self._connections: dict[int, Connection] = {}
-        # A dict per channel keeps delivery order stable and removal O(1).
-        self._channels: dict[str, dict[int, Connection]] = {}
-        self._cork = Cork()
+        # A dict per channel keeps delivery order stable and removal O(1). Raw sockets
+        # (one channel each, raw frames) and fanout.v1 subscribers (envelopes) apart, so
+        # each kind's frame is built once and the raw loop has no per-socket test.
+        self._channels: ChannelTable = {}
+        self._subscribers: ChannelTable = {}
+        self.subscriptions = 0
+        """fanout.v1 subscriptions on this worker (a socket with three channels counts 3)."""
+        self._cork = Cork(stats.write_latency)
 
     # -- connections -----------------------------------------------------------------------
 
@@ -58,19 +67,13 @@ class BroadcastService:
         limit = self.settings.max_connections
         return limit == 0 or len(self._connections) < limit
 
-    def connect(
-        self,
-        websocket: WebSocket,
-        server_socket: ServerSocket,
-        *,
-        endpoint: str,
-        channel: str | None,
-    ) -> Connection:
+    def connect(self, websocket: WebSocket, *, endpoint: str, channel: str | None) -> Connection:
         """Register a client (before its handshake completes) and return its Connection.
 
         The connection writes straight to the transport where the server allows it and
         FANOUT_DIRECT_WRITES is on, through ASGI otherwise.
         """
+        server_socket = ServerSocket(websocket.scope)
         server_socket.before_accept()  # before direct_writer(), which keeps .writable
         direct = server_socket.direct_writer() if self.settings.direct_writes else None
         common = {
@@ -91,11 +94,7 @@ class BroadcastService:
             conn = AsgiConnection(**common)
         self._connections[conn.id] = conn
         if channel is not None:
-            members = self._channels.get(channel)
-            if members is None:
-                members = self._channels[channel] = {}
-                self.backend.subscribe(channel)
-            members[conn.id] = conn
+            self._join(self._channels, channel, conn)
         self.stats.opened(conn)
         return conn
 
@@ -104,12 +103,7 @@ class BroadcastService:
         if self._connections.pop(conn.id, None) is None:
             return
         if conn.channel is not None:
-            members = self._channels.get(conn.channel)
-            if members is not None:
-                members.pop(conn.id, None)
-                if not members:
-                    del self._channels[conn.channel]
-                    self.backend.unsubscribe(conn.channel)
+            self._leave(self._channels, conn.channel, conn)
         self.stats.closed(conn, conn.close_code if conn.close_code is not None else code)
         await conn.finish()
 
@@ -120,9 +114,61 @@ class BroadcastService:
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
         await asyncio.gather(*(conn.finish() for conn in remaining))
 
+    def subscribe(self, conn: Connection, channel: str) -> bool:
+        """Add a fanout.v1 subscription; False if ``conn`` already holds ``channel``."""
+        members = self._subscribers.get(channel)
+        if members is not None and conn.id in members:
+            return False
+        self._join(self._subscribers, channel, conn)
+        self.subscriptions += 1
+        return True
+
+    def unsubscribe(self, conn: Connection, channel: str) -> bool:
+        """End a fanout.v1 subscription; False if ``conn`` did not hold ``channel``."""
+        members = self._subscribers.get(channel)
+        if members is None or conn.id not in members:
+            return False
+        self._leave(self._subscribers, channel, conn)
+        self.subscriptions -= 1
+        return True
+
+    def is_subscribed(self, conn: Connection, channel: str) -> bool:
+        """Whether ``conn`` holds a fanout.v1 subscription to ``channel``."""
+        members = self._subscribers.get(channel)
+        return members is not None and conn.id in members
+
+    def client_id(self, conn: Connection) -> str:
+        """``conn``'s client id (fanout.v1 ``connect``, presence, log lines)."""
+        return self.stats.client_id(conn)
+
     def channel_sizes(self) -> dict[str, int]:
-        """Subscribers per channel on this worker."""
-        return {name: len(members) for name, members in self._channels.items()}
+        """Subscribers per channel on this worker, raw sockets and fanout.v1 together."""
+        sizes = {name: len(members) for name, members in self._channels.items()}
+        for name, members in self._subscribers.items():
+            sizes[name] = sizes.get(name, 0) + len(members)
+        return sizes
+
+    def _join(
+        self, table: dict[str, dict[int, Connection]], channel: str, conn: Connection
+    ) -> None:
+        members = table.get(channel)
+        if members is None:
+            members = table[channel] = {}
+            if channel not in self._channels or channel not in self._subscribers:
+                self.backend.subscribe(channel)  # the channel's first member of any kind
+        members[conn.id] = conn
+
+    def _leave(
+        self, table: dict[str, dict[int, Connection]], channel: str, conn: Connection
+    ) -> None:
+        members = table.get(channel)
+        if members is None:
+            return
+        members.pop(conn.id, None)
+        if not members:
+            del table[channel]
+            if channel not in self._channels and channel not in self._subscribers:
+                self.backend.unsubscribe(channel)  # its last member of any kind left
 
     # -- messages --------------------------------------------------------------------------
 
@@ -133,13 +179,17 @@ class BroadcastService:
 
     def deliver(self, channel: str, message: Message) -> None:
         """Offer ``message`` to every local subscriber of ``channel``; never waits."""
-        members = self._channels.get(channel)
-        if not members:
-            return
         # No copy of the members: offer() never awaits and never changes the registry (a slow
         # consumer only starts closing; it leaves when its session ends).
-        for conn in members.values():
-            conn.offer(message)
+        members = self._channels.get(channel)
+        if members:
+            for conn in members.values():
+                conn.offer(message)
+        subscribers = self._subscribers.get(channel)
+        if subscribers:
+            envelope = message.envelope(channel)
+            for conn in subscribers.values():
+                conn.offer(envelope)
 
     def gap(self, reason: str, channel: str | None = None, /) -> None:
         """Tell local subscribers that messages from elsewhere may have been missed: those of
@@ -148,16 +198,24 @@ class BroadcastService:
             groups = list(self._channels.values())
         else:
             members = self._channels.get(channel)
-            if not members:
-                return
-            groups = [members]
+            groups = [members] if members else []
         notice = Message.from_text(
             json.dumps({"type": GAP_NOTICE_TYPE, "reason": reason}, separators=(",", ":"))
         )
-        self.stats.gap(reason, sum(len(m) for m in groups), channel)
+        raw = sum(len(m) for m in groups)
+        if channel is None:
+            events = list(self._subscribers.items())
+        else:
+            subscribers = self._subscribers.get(channel)
+            events = [(channel, subscribers)] if subscribers else []
+        self.stats.gap(reason, raw + sum(len(s) for _, s in events), channel)
         for group in groups:
             for conn in group.values():
                 conn.offer(notice)
+        for name, subscribers in events:
+            event = Message.from_utf8(encode_gap(name, reason))
+            for conn in subscribers.values():
+                conn.offer(event)
 
 
 def peer_of(websocket: WebSocket) -> str:

@@ -27,11 +27,26 @@ class CloseCode(IntEnum):
     """The server is shutting down or restarting (SIGTERM, Ctrl-C); reconnect."""
     TRY_AGAIN_LATER = 1013
     """The worker is at FANOUT_MAX_CONNECTIONS and the server cannot answer with HTTP 503."""
+    TOKEN_EXPIRED = 4001
+    """The connection's token expired and was not refreshed: reconnect with a new one."""
     SLOW_CONSUMER = 4008
     """The client did not read fast enough: its outbox overflowed. Reconnect."""
+    INVALID_TOKEN = 4500
+    """An invalid token, or authentication required and not given. Do not reconnect
+    with the same token."""
+    BAD_FRAME = 4501
+    """fanout.v1: a frame that cannot be read at all (not JSON, not an object, a binary
+    frame that is not a publish). Do not reconnect with the same client."""
+    FORBIDDEN = 4503
+    """Not allowed: a raw socket published on a channel whose rules forbid it."""
 
 
 PROTOCOL_ERRORS = frozenset(
-    {CloseCode.PROTOCOL_ERROR, CloseCode.INVALID_UTF8, CloseCode.MESSAGE_TOO_BIG}
+    {
+        CloseCode.PROTOCOL_ERROR,
+        CloseCode.INVALID_UTF8,
+        CloseCode.MESSAGE_TOO_BIG,
+        CloseCode.BAD_FRAME,
+    }
 )
 """Codes that mean the client broke the protocol; logged as one warning line."""

@@ -119,6 +119,10 @@ class ClusterView:
             self._order.pop(wid, None)
         return [(now - at, stats) for at, stats in self._peers.values()]
 
+    def everyone(self, own: WorkerFigures) -> list[tuple[float, WorkerFigures]]:
+        """Every live worker's (heartbeat age in seconds, figures): ``own`` first, at age 0."""
+        return [(0.0, own), *self.peers()]
+
     def merged(self, own: WorkerFigures) -> dict[str, Any]:
         """/stats: ``own`` (this worker's live figures) added up with every live peer's."""
         peers = self.peers()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, ClassVar
 
+from starlette.types import Scope
 from starlette.websockets import WebSocketDisconnect
 
 from app.server.socket import ServerSocket
@@ -131,6 +132,11 @@ class Connection:
     def pending(self) -> int:
         """Messages waiting in the outbox."""
         return len(self._queue)
+
+    def accepted(self, scope: Scope) -> None:
+        """The handshake completed: trim what the server keeps of it, start delivering."""
+        self._socket.after_accept(scope, direct=self.path == "direct")
+        self.start()
 
     def start(self) -> None:
         """Start delivering; call once the WebSocket handshake is complete."""

@@ -18,9 +18,15 @@ class Counters:
     """Messages discarded because their receiver was closed as a slow consumer."""
     slow_consumer_disconnects: int = 0
     connections_opened: int = 0
+    handshake_timeouts: int = 0
+    """Connections closed because their request head did not arrive in time (slowloris)."""
     rejected: Counter[str] = field(default_factory=Counter)
     """WebSocket handshakes refused by the application, by reason."""
     closes: Counter[int] = field(default_factory=Counter)
     """Closed WebSocket connections, by close code."""
     http_errors: Counter[int] = field(default_factory=Counter)
     """HTTP requests answered with an error status by the application, by status."""
+    protocol_errors: Counter[int] = field(default_factory=Counter)
+    """fanout.v1 commands refused (by error code) and unreadable frames (4501)."""
+    api_published: int = 0
+    """Messages published through the HTTP API."""

@@ -3,7 +3,7 @@
 A frame is::
 
     length  uint32, big-endian: bytes that follow (kind + channel length + channel + payload)
-    kind    uint8:  DATA_TEXT, DATA_BINARY, HELLO or GAP
+    kind    uint8:  DATA_TEXT, DATA_BINARY, DATA_JSON, HELLO or GAP
     chlen   uint16, big-endian: length of the channel name
     channel UTF-8
     payload the message bytes (the UTF-8 text of a text message)
@@ -28,8 +28,11 @@ HELLO = 3
 """First frame on a link: the sender's pid as ASCII digits in the payload."""
 GAP = 4
 """The sender dropped frames meant for the receiver (its link overflowed and was reopened)."""
+DATA_JSON = 5
+"""A fanout.v1 publication of JSON data: raw sockets get its bytes as text."""
 
-_KINDS = frozenset((DATA_TEXT, DATA_BINARY, HELLO, GAP))
+DATA_KINDS = frozenset((DATA_TEXT, DATA_BINARY, DATA_JSON))
+_KINDS = DATA_KINDS | {HELLO, GAP}
 _AFTER_LENGTH = HEADER.size - 4  # kind + channel length count towards ``length``
 
 
@@ -48,13 +51,15 @@ class Frame:
     def message(self) -> Message:
         """The message a DATA frame carries, text or binary as it was sent."""
         if self.kind == DATA_TEXT:
-            return Message(data=self.payload, text=self.payload.decode())
-        return Message(data=self.payload)
+            return Message.from_utf8(self.payload)
+        if self.kind == DATA_JSON:
+            return Message.from_json(self.payload)
+        return Message.from_bytes(self.payload)
 
 
 def encode(channel: str, message: Message) -> bytes:
     """The frame for ``message`` on ``channel``."""
-    kind = DATA_TEXT if message.is_text else DATA_BINARY
+    kind = DATA_BINARY if message.text is None else DATA_JSON if message.is_json else DATA_TEXT
     return encode_control(kind, channel, message.data)
 
 

@@ -4,29 +4,42 @@ from __future__ import annotations
 
 import struct
 
+from app.services.protocol.encode import (
+    encode_binary_publication,
+    encode_json_publication,
+    encode_text_publication,
+)
+
 OP_TEXT = 0x1
 OP_BINARY = 0x2
 
 
 class Message:
-    """One WebSocket message, text or binary.
+    """One WebSocket message, text or binary, as raw sockets receive it.
 
     ``data`` is the UTF-8 encoding of a text message (or the bytes of a binary one),
     computed once when the message enters the worker and shared by every outbox it is
     offered to; ``text`` keeps the decoded string for the plain ASGI path. ``frame`` is
     the complete unmasked server frame, built once per worker and written as-is to
     every socket on the direct path (gorilla/websocket's PreparedMessage).
+
+    ``is_json`` marks a fanout.v1 ``pub`` with ``data``: raw sockets get the JSON bytes as
+    text, fanout.v1 subscribers ``{"ch":..,"d":..}``. :meth:`envelope` is what fanout.v1
+    subscribers receive, built the first time one of them is offered the message, and
+    then the same object (and frame) for every one of them.
     """
 
-    __slots__ = ("data", "frame", "size", "text")
+    __slots__ = ("_envelope", "data", "frame", "is_json", "size", "text")
 
-    def __init__(self, data: bytes, text: str | None = None) -> None:
+    def __init__(self, data: bytes, text: str | None = None, *, is_json: bool = False) -> None:
         self.data = data
         self.text = text
+        self.is_json = is_json
         self.size = len(data)
         """Payload length in bytes, as it counts against size limits and outboxes."""
         self.frame = build_frame(OP_TEXT if text is not None else OP_BINARY, data)
         """The wire bytes of this message as one final, unmasked, uncompressed frame."""
+        self._envelope: Message | None = None
 
     @property
     def is_text(self) -> bool:
@@ -39,12 +52,38 @@ class Message:
         return cls(text.encode(), text)
 
     @classmethod
+    def from_utf8(cls, data: bytes) -> Message:
+        """A text message from its UTF-8 bytes (decoded once, for the ASGI path)."""
+        return cls(data, data.decode())
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Message:
+        """A fanout.v1 publication of one JSON value, ``data`` being its exact bytes."""
+        return cls(data, data.decode(), is_json=True)
+
+    @classmethod
     def from_bytes(cls, data: bytes) -> Message:
         """A binary message."""
         return cls(data)
 
+    def envelope(self, channel: str) -> Message:
+        """This message as fanout.v1 subscribers of ``channel`` receive it (built once).
+
+        A message is published on one channel, so the first call's channel is the one.
+        """
+        envelope = self._envelope
+        if envelope is None:
+            if self.text is None:
+                envelope = Message(encode_binary_publication(channel, self.data))
+            elif self.is_json:
+                envelope = Message.from_utf8(encode_json_publication(channel, self.data))
+            else:
+                envelope = Message.from_utf8(encode_text_publication(channel, self.text))
+            self._envelope = envelope
+        return envelope
+
     def __repr__(self) -> str:
-        kind = "text" if self.text is not None else "binary"
+        kind = "binary" if self.text is None else "json" if self.is_json else "text"
         return f"Message({kind}, {len(self.data)} bytes)"
 
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from app.config import Settings
+from app.services.auth import Authorizer
 from app.services.backends import Backend
 from app.services.backends.base import CONTROL_CHANNEL
 from app.services.broadcast import BroadcastService
 from app.services.cluster import ClusterView
 from app.services.figures import WorkerFigures
+from app.services.idempotency import create_idempotency_store
 from app.services.message import Message
+from app.services.rules import ChannelRules
 from app.services.stats import StatsService
+from app.services.tokens import TokenVerifier
 
 
 class Node:
@@ -21,10 +25,22 @@ class Node:
     :class:`ClusterView`, every other channel to the :class:`BroadcastService`.
     """
 
-    def __init__(self, settings: Settings, backend: Backend) -> None:
+    def __init__(
+        self, settings: Settings, backend: Backend, rules: ChannelRules | None = None
+    ) -> None:
         self.backend = backend
+        self.auth = Authorizer(
+            rules if rules is not None else ChannelRules(),
+            TokenVerifier(
+                hmac_secret=settings.token_hmac_secret,
+                public_key=settings.token_public_key,
+                audience=settings.token_audience,
+                issuer=settings.token_issuer,
+            ),
+        )
         self.stats = StatsService(log_interval=settings.stats_log_interval)
         self.broadcast = BroadcastService(settings, backend, self.stats)
+        self.idempotency = create_idempotency_store(settings, backend)
         self.cluster = ClusterView(
             worker_id=self.stats.worker_id,
             interval=settings.heartbeat_interval,
@@ -37,6 +53,7 @@ class Node:
         """Start reporting, connect the backend, then announce this worker."""
         await self.stats.start()
         await self.backend.start(self._from_backend, self.broadcast.gap)
+        await self.idempotency.start()
         await self.cluster.start()
 
     async def stop(self) -> None:
@@ -44,11 +61,19 @@ class Node:
         await self.cluster.stop()
         await self.broadcast.close_all()
         await self.backend.stop()
+        await self.idempotency.stop()
         await self.stats.stop()
 
     def figures(self) -> WorkerFigures:
         """This worker's own figures (its heartbeat)."""
-        return self.stats.figures(self.broadcast.channel_sizes(), self.backend.status())
+        broadcast = self.broadcast
+        return self.stats.figures(
+            broadcast.channel_sizes(), broadcast.subscriptions, self.backend.status()
+        )
+
+    def every_worker(self) -> list[tuple[float, WorkerFigures]]:
+        """/metrics: every live worker's (heartbeat age, figures), this worker's live first."""
+        return self.cluster.everyone(self.figures())
 
     def cluster_figures(self) -> dict[str, Any]:
         """/stats: this worker's figures added up with every other live worker's."""

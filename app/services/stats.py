@@ -15,14 +15,21 @@ from app.logging_setup import LOGGER_NAME
 from app.services.close_codes import PROTOCOL_ERRORS, CloseCode
 from app.services.connection import Connection
 from app.services.counters import Counters
-from app.services.figures import ConnectionFigures, MessageFigures, WorkerFigures, WorkerInfo
+from app.services.figures import (
+    ConnectionFigures,
+    LatencyFigures,
+    MessageFigures,
+    WorkerFigures,
+    WorkerInfo,
+)
 from app.services.gc_monitor import GcMonitor
+from app.services.latency import WriteLatency
 
 logger = logging.getLogger(LOGGER_NAME)
 
 WRITE_PATHS = ("asgi", "direct")
 """How a connection's messages reach its socket (see Connection.path)."""
-ENDPOINTS = ("broadcast", "echo")
+ENDPOINTS = ("broadcast", "echo", "ws")
 """Socket endpoints /stats always reports, with zero when nobody is connected."""
 
 QUIET_LOG_EVERY = 20
@@ -35,15 +42,19 @@ class StatsService:
     Services and routes report through its methods (a refused handshake, an HTTP error, a
     connection opened or closed, a slow consumer, a gap) and it counts, logs one line, and
     folds everything into :meth:`figures`. The hot path (deliveries, received messages)
-    increments :attr:`counters` directly: one integer add, no call.
+    increments :attr:`counters` directly: one integer add, no call; the worker's cork
+    observes :attr:`write_latency` once per loop turn.
     """
 
     def __init__(self, *, log_interval: float) -> None:
         self.counters = Counters()
+        self.write_latency = WriteLatency()
         self.gc_monitor = GcMonitor()
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.worker_id = f"{self.host}:{self.pid}"
+        self.tag = os.urandom(4).hex()
+        """This process's part of every client id: unique across workers, hosts, restarts."""
         self.gap_notices = 0
         self.connections = 0
         self._by_endpoint: dict[str, int] = dict.fromkeys(ENDPOINTS, 0)
@@ -124,6 +135,15 @@ class StatsService:
         self.counters.rejected[reason] += 1
         logger.warning("rejected %s from %s: %s", path, peer, reason)
 
+    def handshake_timeout(self, peer: str, timeout: float) -> None:
+        """A connection from ``peer`` sent no complete request head within ``timeout`` s."""
+        self.counters.handshake_timeouts += 1
+        logger.warning(
+            "handshake timeout from %s: no complete request within %g s, connection closed",
+            peer,
+            timeout,
+        )
+
     def received(self) -> None:
         """One message arrived from a client."""
         self.counters.received += 1
@@ -131,6 +151,14 @@ class StatsService:
     def http_error(self, status: int) -> None:
         """An HTTP request was answered with error ``status``."""
         self.counters.http_errors[status] += 1
+
+    def admin_refused(self, path: str, peer: str, why: str) -> None:
+        """``path`` needs the admin key and the request's was ``why`` ('missing', 'wrong').
+
+        Counted as an HTTP 401; the line never shows a key, the presented one included.
+        """
+        self.counters.http_errors[401] += 1
+        logger.warning("refused %s from %s: admin key %s", path, peer, why)
 
     def gap(self, reason: str, subscribers: int, channel: str | None = None) -> None:
         """``subscribers`` (of ``channel``, or of every channel) were told that messages from
@@ -146,13 +174,32 @@ class StatsService:
         )
 
     def client_id(self, conn: Connection) -> str:
-        """``conn``'s id as log lines show it: unique across the workers of a host."""
-        return f"{self.pid}.{conn.id}"
+        """``conn``'s id in log lines and fanout.v1: unique across workers and hosts."""
+        return f"{self.tag}-{conn.id}"
+
+    def protocol_error(self, conn: Connection, code: int, message: str, *, log: bool) -> None:
+        """A fanout.v1 command was refused with ``code`` (or the frame closed the socket)."""
+        self.counters.protocol_errors[code] += 1
+        if log:
+            logger.warning(
+                "protocol error %d from %s id=%s: %s",
+                code,
+                conn.peer,
+                self.client_id(conn),
+                message[:200],
+            )
+
+    def api_published(self) -> None:
+        """A message was published through the HTTP API."""
+        self.counters.api_published += 1
 
     # -- figures ----------------------------------------------------------------------------
 
-    def figures(self, channels: Mapping[str, int], backend: dict[str, Any]) -> WorkerFigures:
-        """This worker's figures, given its channels' subscriber counts and backend status."""
+    def figures(
+        self, channels: Mapping[str, int], subscriptions: int, backend: dict[str, Any]
+    ) -> WorkerFigures:
+        """This worker's figures, given its channels' subscriber counts, its fanout.v1
+        subscriptions and its backend's status."""
         c = self.counters
         uptime = round(self.uptime(), 3)
         return WorkerFigures(
@@ -164,13 +211,25 @@ class StatsService:
                 by_path=dict(sorted(self._by_path.items())),
             ),
             channels=dict(sorted(channels.items())),
-            messages=MessageFigures(received=c.received, delivered=c.delivered, dropped=c.dropped),
+            messages=MessageFigures(
+                received=c.received,
+                delivered=c.delivered,
+                dropped=c.dropped,
+                published_api=c.api_published,
+            ),
+            subscriptions=subscriptions,
+            protocol_errors={str(code): n for code, n in sorted(c.protocol_errors.items())},
             slow_consumer_disconnects=c.slow_consumer_disconnects,
             gap_notices=self.gap_notices,
             connections_opened=c.connections_opened,
+            handshake_timeouts=c.handshake_timeouts,
             rejected=dict(sorted(c.rejected.items())),
             closes={str(code): n for code, n in sorted(c.closes.items())},
             http_errors={str(status): n for status, n in sorted(c.http_errors.items())},
+            write_latency=LatencyFigures(
+                counts=list(self.write_latency.counts),
+                sum_seconds=round(self.write_latency.sum, 6),
+            ),
             worker=WorkerInfo(
                 id=self.worker_id,
                 pid=self.pid,

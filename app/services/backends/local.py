@@ -143,7 +143,7 @@ class LocalBackend:
 
     def _on_frame(self, frame: framing.Frame, inbound: InboundLink) -> None:
         kind = frame.kind
-        if kind == framing.DATA_TEXT or kind == framing.DATA_BINARY:
+        if kind in framing.DATA_KINDS:
             self.frames_in += 1
             assert self._deliver is not None
             self._deliver(frame.channel, frame.message())

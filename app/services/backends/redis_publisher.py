@@ -14,7 +14,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.logging_setup import LOGGER_NAME
-from app.services.backends.redis_wire import BINARY, FAILURES, PREFIX, SEQUENCE, TEXT
+from app.services.backends.redis_wire import BINARY, FAILURES, JSON, PREFIX, SEQUENCE, TEXT
 from app.services.message import Message
 
 logger = logging.getLogger(LOGGER_NAME)
@@ -63,6 +63,7 @@ class RedisPublisher:
         self._client: Redis | None = None
         self._head_text = origin + TEXT
         self._head_binary = origin + BINARY
+        self._head_json = origin + JSON
         self._seq = 0
         """The last sequence number given to a message."""
         self._last_seq: dict[str, int] = {}
@@ -108,7 +109,12 @@ class RedisPublisher:
         if not self.accepting or len(self._queue) >= self._queue_max:
             self.dropped += 1
             return
-        head = self._head_text if message.text is not None else self._head_binary
+        if message.text is None:
+            head = self._head_binary
+        elif message.is_json:
+            head = self._head_json
+        else:
+            head = self._head_text
         self._queue.append(
             (PREFIX + channel.encode(), head + SEQUENCE.pack(seq, prev) + message.data)
         )

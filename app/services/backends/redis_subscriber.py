@@ -20,6 +20,8 @@ from app.services.backends.redis_wire import (
     BINARY_V1,
     FAILURES,
     HEADER_BYTES,
+    JSON,
+    JSON_V1,
     ORIGIN_BYTES,
     PREFIX,
     SEQUENCE,
@@ -167,7 +169,7 @@ class RedisSubscriber:
                 continue  # this worker's own message: its clients have it already
             channel: bytes = item["channel"]
             kind = payload[ORIGIN_BYTES : ORIGIN_BYTES + 1]
-            if kind in (TEXT, BINARY):
+            if kind in (TEXT, BINARY, JSON):
                 seq, prev = unpack(payload, ORIGIN_BYTES + 1)
                 verdict = check(channel, payload[:ORIGIN_BYTES], seq, prev)
                 if verdict == DUPLICATE:
@@ -176,7 +178,7 @@ class RedisSubscriber:
                 if verdict == AFTER_GAP:
                     self._lost(channel[skip:].decode())
                 data = payload[HEADER_BYTES:]
-            elif kind in (TEXT_V1, BINARY_V1):
+            elif kind in (TEXT_V1, BINARY_V1, JSON_V1):
                 data = payload[ORIGIN_BYTES + 1 :]
             else:
                 self.refused += 1
@@ -184,9 +186,11 @@ class RedisSubscriber:
                 continue
             try:
                 if kind in (TEXT, TEXT_V1):
-                    message = Message(data=data, text=data.decode())
+                    message = Message.from_utf8(data)
+                elif kind in (JSON, JSON_V1):
+                    message = Message.from_json(data)
                 else:
-                    message = Message(data=data)
+                    message = Message.from_bytes(data)
             except UnicodeDecodeError:
                 logger.warning("redis backend: dropping a text message that is not UTF-8")
                 continue
