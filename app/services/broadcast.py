@@ -182,7 +182,7 @@ class BroadcastService:
         # No copy of the members: offer() never awaits and never changes the registry (a slow
         # consumer only starts closing; it leaves when its session ends).
         members = self._channels.get(channel)
-        if members:
+        if members and not message.is_event:  # events (join, leave) are fanout.v1 only
             for conn in members.values():
                 conn.offer(message)
         subscribers = self._subscribers.get(channel)

@@ -3,7 +3,7 @@
 A frame is::
 
     length  uint32, big-endian: bytes that follow (kind + channel length + channel + payload)
-    kind    uint8:  DATA_TEXT, DATA_BINARY, DATA_JSON, HELLO or GAP
+    kind    uint8:  DATA_TEXT, DATA_BINARY, DATA_JSON, DATA_EVENT, HELLO or GAP
     chlen   uint16, big-endian: length of the channel name
     channel UTF-8
     payload the message bytes (the UTF-8 text of a text message)
@@ -31,7 +31,10 @@ GAP = 4
 DATA_JSON = 5
 """A fanout.v1 publication of JSON data: raw sockets get its bytes as text."""
 
-DATA_KINDS = frozenset((DATA_TEXT, DATA_BINARY, DATA_JSON))
+DATA_EVENT = 6
+"""A fanout.v1 event (join, leave) for the channel's fanout.v1 subscribers only."""
+
+DATA_KINDS = frozenset((DATA_TEXT, DATA_BINARY, DATA_JSON, DATA_EVENT))
 _KINDS = DATA_KINDS | {HELLO, GAP}
 _AFTER_LENGTH = HEADER.size - 4  # kind + channel length count towards ``length``
 
@@ -54,12 +57,21 @@ class Frame:
             return Message.from_utf8(self.payload)
         if self.kind == DATA_JSON:
             return Message.from_json(self.payload)
+        if self.kind == DATA_EVENT:
+            return Message.event(self.payload)
         return Message.from_bytes(self.payload)
 
 
 def encode(channel: str, message: Message) -> bytes:
     """The frame for ``message`` on ``channel``."""
-    kind = DATA_BINARY if message.text is None else DATA_JSON if message.is_json else DATA_TEXT
+    if message.text is None:
+        kind = DATA_BINARY
+    elif message.is_json:
+        kind = DATA_JSON
+    elif message.is_event:
+        kind = DATA_EVENT
+    else:
+        kind = DATA_TEXT
     return encode_control(kind, channel, message.data)
 
 

@@ -24,17 +24,27 @@ class Message:
     every socket on the direct path (gorilla/websocket's PreparedMessage).
 
     ``is_json`` marks a fanout.v1 ``pub`` with ``data``: raw sockets get the JSON bytes as
-    text, fanout.v1 subscribers ``{"ch":..,"d":..}``. :meth:`envelope` is what fanout.v1
+    text, fanout.v1 subscribers ``{"ch":..,"d":..}``. ``is_event`` marks a fanout.v1 event
+    (``join``, ``leave``): already the frame fanout.v1 subscribers receive, and nothing for
+    raw sockets. :meth:`envelope` is what fanout.v1
     subscribers receive, built the first time one of them is offered the message, and
     then the same object (and frame) for every one of them.
     """
 
-    __slots__ = ("_envelope", "data", "frame", "is_json", "size", "text")
+    __slots__ = ("_envelope", "data", "frame", "is_event", "is_json", "size", "text")
 
-    def __init__(self, data: bytes, text: str | None = None, *, is_json: bool = False) -> None:
+    def __init__(
+        self,
+        data: bytes,
+        text: str | None = None,
+        *,
+        is_json: bool = False,
+        is_event: bool = False,
+    ) -> None:
         self.data = data
         self.text = text
         self.is_json = is_json
+        self.is_event = is_event
         self.size = len(data)
         """Payload length in bytes, as it counts against size limits and outboxes."""
         self.frame = build_frame(OP_TEXT if text is not None else OP_BINARY, data)
@@ -62,6 +72,12 @@ class Message:
         return cls(data, data.decode(), is_json=True)
 
     @classmethod
+    def event(cls, data: bytes) -> Message:
+        """A fanout.v1 event (``join``/``leave``), ``data`` being its UTF-8 JSON: delivered
+        as is to fanout.v1 subscribers (it is its own envelope), never to raw sockets."""
+        return cls(data, data.decode(), is_event=True)
+
+    @classmethod
     def from_bytes(cls, data: bytes) -> Message:
         """A binary message."""
         return cls(data)
@@ -73,6 +89,8 @@ class Message:
         """
         envelope = self._envelope
         if envelope is None:
+            if self.is_event:
+                return self  # not cached on itself: that would be a reference cycle
             if self.text is None:
                 envelope = Message(encode_binary_publication(channel, self.data))
             elif self.is_json:
@@ -83,7 +101,15 @@ class Message:
         return envelope
 
     def __repr__(self) -> str:
-        kind = "binary" if self.text is None else "json" if self.is_json else "text"
+        kind = (
+            "binary"
+            if self.text is None
+            else "json"
+            if self.is_json
+            else "event"
+            if self.is_event
+            else "text"
+        )
         return f"Message({kind}, {len(self.data)} bytes)"
 
 

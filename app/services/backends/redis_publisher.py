@@ -14,7 +14,15 @@ from redis.backoff import NoBackoff
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.logging_setup import LOGGER_NAME
-from app.services.backends.redis_wire import BINARY, FAILURES, JSON, PREFIX, SEQUENCE, TEXT
+from app.services.backends.redis_wire import (
+    BINARY,
+    EVENT,
+    FAILURES,
+    JSON,
+    PREFIX,
+    SEQUENCE,
+    TEXT,
+)
 from app.services.message import Message
 
 logger = logging.getLogger(LOGGER_NAME)
@@ -64,6 +72,7 @@ class RedisPublisher:
         self._head_text = origin + TEXT
         self._head_binary = origin + BINARY
         self._head_json = origin + JSON
+        self._head_event = origin + EVENT
         self._seq = 0
         """The last sequence number given to a message."""
         self._last_seq: dict[str, int] = {}
@@ -113,6 +122,8 @@ class RedisPublisher:
             head = self._head_binary
         elif message.is_json:
             head = self._head_json
+        elif message.is_event:
+            head = self._head_event
         else:
             head = self._head_text
         self._queue.append(

@@ -18,6 +18,7 @@ from app.services.backends.redis_sequence import AFTER_GAP, DUPLICATE, SequenceT
 from app.services.backends.redis_wire import (
     BINARY,
     BINARY_V1,
+    EVENT,
     FAILURES,
     HEADER_BYTES,
     JSON,
@@ -169,7 +170,7 @@ class RedisSubscriber:
                 continue  # this worker's own message: its clients have it already
             channel: bytes = item["channel"]
             kind = payload[ORIGIN_BYTES : ORIGIN_BYTES + 1]
-            if kind in (TEXT, BINARY, JSON):
+            if kind in (TEXT, BINARY, JSON, EVENT):
                 seq, prev = unpack(payload, ORIGIN_BYTES + 1)
                 verdict = check(channel, payload[:ORIGIN_BYTES], seq, prev)
                 if verdict == DUPLICATE:
@@ -189,6 +190,8 @@ class RedisSubscriber:
                     message = Message.from_utf8(data)
                 elif kind in (JSON, JSON_V1):
                     message = Message.from_json(data)
+                elif kind == EVENT:
+                    message = Message.event(data)
                 else:
                     message = Message.from_bytes(data)
             except UnicodeDecodeError:

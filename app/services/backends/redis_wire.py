@@ -5,7 +5,8 @@ A Fanout channel ``name`` is the Redis channel ``fanout:name``. A published payl
 
     origin  8 bytes: the publishing worker's random id (it skips its own messages)
     kind    1 byte:  b"T" text, b"B" binary, b"J" a fanout.v1 publication of JSON data
-            (raw sockets get its bytes as text); sequenced: what this version publishes
+            (raw sockets get its bytes as text), b"E" a fanout.v1 event (join, leave: for
+            fanout.v1 subscribers only); sequenced: what this version publishes
     seq     u64 big-endian: the origin's number for this message; it counts every message
             the origin published (1, 2, 3 ...), whatever the channel, dropped ones included
     prev    u64 big-endian: ``seq`` of the origin's previous message on this channel, or 0
@@ -24,7 +25,8 @@ data right after the kind byte, are still understood: delivered, with neither du
 detection. Any other kind byte is refused (dropped and counted as ``payload_refused``),
 never delivered as binary. A version-1 host cannot read version-2 kinds (it would deliver
 them as binary with the 16 sequence bytes in front), so upgrade every host of a deployment
-together.
+together. A host from before presence refuses b"E" (counted): its subscribers miss the
+join and leave events of newer hosts, nothing else.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ ORIGIN_BYTES = 8
 TEXT = b"T"
 BINARY = b"B"
 JSON = b"J"
+EVENT = b"E"
 TEXT_V1 = b"t"
 BINARY_V1 = b"b"
 JSON_V1 = b"j"
