@@ -117,6 +117,14 @@ class Settings:
     closing (stopped, behind a network black hole) is reported down within about this long."""
     max_subscriptions: int = 128
     """fanout.v1: channels one connection may subscribe to; one more is refused with 429."""
+    presence_max_members: int = 10_000
+    """Presence: members one worker tracks per channel (its own clients). A subscriber past
+    it is still subscribed but left out of presence (no join or leave, not counted), and
+    the worker logs it once per channel. Bounds each worker's memory per channel to
+    workers x this."""
+    presence_max_clients: int = 1_000
+    """Presence: clients a ``presence`` answer (and /api/presence) lists at most; past it
+    the answer carries ``"truncated": true``. ``presence_stats`` counts everyone."""
     api_keys: str = dataclasses.field(default="", repr=False)
     """Keys for the HTTP API (POST /api/*), comma separated (several, for rotation); empty
     disables the API (403)."""
@@ -172,6 +180,8 @@ class Settings:
             "max_subscriptions",
             "local_peer_buffer_bytes",
             "redis_publish_queue",
+            "presence_max_members",
+            "presence_max_clients",
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(name, getattr(self, name), "expected a whole number > 0")

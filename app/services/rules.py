@@ -2,8 +2,8 @@
 
 Rules are ordered globs, first match wins; the built-in last rule (``*``: anyone may
 subscribe, subscribers may publish) is today's open behaviour, so a server without a rules
-file behaves as before. Later issues read ``presence``, ``join_leave``, ``history_size`` and
-``history_ttl`` from the same rules.
+file behaves as before. Presence reads ``presence``, ``join_leave`` and
+``presence_leave_grace``; history reads ``history_size`` and ``history_ttl``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from typing import Any, Literal, get_args
 
 Subscribe = Literal["any", "authenticated", "token", "none"]
 Publish = Literal["any", "subscribers", "authenticated", "none"]
+
+MAX_LEAVE_GRACE = 3600.0
+"""Longest ``presence_leave_grace``: a departure is remembered that long on every worker."""
 
 CACHE_SIZE = 4096
 """Channels whose matching rule is remembered (names repeat; the rules never change)."""
@@ -33,7 +36,14 @@ class ChannelRule:
     subscribe: Subscribe = "any"
     publish: Publish = "subscribers"
     presence: bool = False
+    """Track who is subscribed (``presence``, ``presence_stats``, /api/presence*)."""
     join_leave: bool = False
+    """Send ``join`` and ``leave`` events to the channel's fanout.v1 subscribers (only where
+    ``presence`` is on: the events come from the presence the workers keep)."""
+    presence_leave_grace: float = 5.0
+    """Seconds a user's departure waits before it is a ``leave``: the same user back on the
+    channel within them (a reload, a network flap, on any worker) makes neither a leave nor
+    a join. Anonymous clients cannot be recognised again and leave at once."""
     history_size: int = 0
     history_ttl: float = 0.0
 
@@ -125,8 +135,12 @@ def _value(key: str, value: Any, where: str) -> Any:
         if not isinstance(value, bool):
             raise RulesError(f"{where}: {key}={value!r}: expected true or false")
         return value
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
         raise RulesError(f"{where}: {key}={value!r}: expected a number >= 0")
+    if key == "presence_leave_grace" and value > MAX_LEAVE_GRACE:
+        raise RulesError(
+            f"{where}: {key}={value!r}: expected seconds from 0 to {MAX_LEAVE_GRACE:g}"
+        )
     if key == "history_size" and not isinstance(value, int):
         raise RulesError(f"{where}: {key}={value!r}: expected a whole number")
     return value
