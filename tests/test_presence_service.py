@@ -1,0 +1,292 @@
+"""PresenceService without sockets: several workers' services joined by an in-memory control
+channel whose deliveries the test holds, repeats and reorders, on a clock the test moves."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+
+from app.services.message import Message
+from app.services.presence import MAX_BATCH_OPS, TAKEOVER_MARGIN, PresenceService
+from app.services.presence_wire import decode
+from app.services.rules import ChannelRules
+from app.services.tokens import Identity
+
+RULES = ChannelRules.from_toml(
+    """
+[[channels]]
+match = "room.*"
+presence = true
+join_leave = true
+presence_leave_grace = 5
+[[channels]]
+match = "quiet.*"
+presence = true
+"""
+)
+EXPIRY = 3.5
+
+
+class Cluster:
+    """``n`` workers; ``events[i]`` is what a fanout.v1 subscriber on worker i would get."""
+
+    def __init__(self, n: int, max_members: int = 10_000, max_clients: int = 1000) -> None:
+        self.now = 1000.0
+        self.wall = 1_700_000_000.0
+        self.events: list[list[tuple[str, str, str]]] = [[] for _ in range(n)]
+        self.control: list[tuple[int, Message]] = []
+        self.dead: set[int] = set()
+        self.services = [self._service(i, max_members, max_clients) for i in range(n)]
+        for service in self.services:
+            service.tick()
+        self.flush()
+
+    def _service(self, i: int, max_members: int, max_clients: int) -> PresenceService:
+        def publish_event(channel: str, message: Message) -> None:
+            for events in self.events:
+                events.append(_event(message))
+
+        return PresenceService(
+            worker_id=f"host:{i}",
+            rules=RULES,
+            interval=1.0,
+            expiry=EXPIRY,
+            max_members=max_members,
+            max_clients=max_clients,
+            publish_control=lambda message: self.control.append((i, message)),
+            publish_event=publish_event,
+            deliver_event=lambda channel, message: self.events[i].append(_event(message)),
+            clock=lambda: self.now,
+            wall=lambda: self.wall,
+        )
+
+    def flush(self) -> list[tuple[int, Message]]:
+        """Deliver every control message sent so far to every other live worker."""
+        sent, self.control = self.control, []
+        for origin, message in sent:
+            self.deliver(origin, message)
+        return sent
+
+    def deliver(self, origin: int, message: Message) -> None:
+        if origin in self.dead:
+            return
+        for i, service in enumerate(self.services):
+            if i != origin and i not in self.dead:
+                service.receive(message)
+
+    def advance(self, seconds: float, step: float = 0.1) -> None:
+        """Let ``seconds`` pass, every live worker ticking every ``step``."""
+        end = self.now + seconds
+        while self.now < end - 1e-9:
+            self.now += step
+            self.wall += step
+            for i, service in enumerate(self.services):
+                if i not in self.dead:
+                    service.tick()
+            self.flush()
+
+    def all_events(self) -> list[tuple[str, str, str]]:
+        return [e for events in self.events for e in events]
+
+
+def _event(message: Message) -> tuple[str, str, str]:
+    body = json.loads(message.data)
+    return body["ev"], body["who"]["user"], body["who"]["client"]
+
+
+def user(name: str, info: Any = None) -> Identity:
+    return Identity(user=name, exp=None, info=info)
+
+
+def test_a_join_reaches_every_worker_once_and_every_worker_answers() -> None:
+    c = Cluster(3)
+    a, b, w2 = c.services
+    a.joined("room.1", "a-1", user("alice", {"name": "Alice"}))
+    assert c.events == [[("join", "alice", "a-1")]] * 3  # one event, seen on every worker
+    c.advance(0.1)
+    b.joined("room.1", "b-1", None)
+    c.advance(0.1)
+    for service in c.services:
+        assert service.stats("room.1") == (2, 1)  # the anonymous client is not a user
+        assert json.loads(service.presence("room.1")) == {
+            "clients": {
+                "a-1": {"user": "alice", "info": {"name": "Alice"}},
+                "b-1": {"user": "", "info": None},
+            }
+        }
+    assert a.members == 1 and b.members == 1 and w2.members == 0
+
+
+def test_a_reconnect_within_the_grace_on_another_worker_is_neither_leave_nor_join() -> None:
+    c = Cluster(2)
+    a, b = c.services
+    a.joined("room.1", "a-1", user("alice"))
+    c.advance(0.5)
+    a.left("room.1", "a-1")
+    c.advance(1.0)
+    b.joined("room.1", "b-7", user("alice"))
+    c.advance(20.0)
+    assert c.all_events() == [("join", "alice", "a-1")] * 2
+    assert json.loads(a.presence("room.1"))["clients"].keys() == {"b-7"}
+
+
+def test_a_real_leave_comes_after_the_grace_once() -> None:
+    c = Cluster(3)
+    a = c.services[0]
+    a.joined("room.1", "a-1", user("alice"))
+    a.left("room.1", "a-1")
+    c.advance(4.8)
+    assert [e for e in c.all_events() if e[0] == "leave"] == []
+    c.advance(0.4)
+    assert c.events == [[("join", "alice", "a-1"), ("leave", "alice", "a-1")]] * 3
+    c.advance(20.0)
+    assert len(c.all_events()) == 6
+
+
+def test_the_last_of_two_departures_on_two_workers_sends_the_one_leave() -> None:
+    c = Cluster(2)
+    a, b = c.services
+    a.joined("room.1", "a-1", user("alice"))
+    b.joined("room.1", "b-1", user("alice"))  # not yet heard by a: both send a join
+    c.advance(0.2)
+    a.left("room.1", "a-1")
+    b.left("room.1", "b-1")  # same instant, before either heard of the other
+    c.advance(20.0)
+    assert [e for e in c.events[0] if e[0] == "leave"] == [("leave", "alice", "b-1")]
+    assert [e for e in c.events[1] if e[0] == "leave"] == [("leave", "alice", "b-1")]
+
+
+def test_a_leave_sent_before_the_reconnect_was_heard_is_followed_by_a_join() -> None:
+    c = Cluster(2)
+    a, b = c.services
+    a.joined("room.1", "a-1", user("alice"))
+    a.left("room.1", "a-1")
+    c.advance(4.9)
+    b.joined("room.1", "b-1", user("alice"))  # suppressed: alice left within the grace
+    held = c.control
+    c.control = []
+    c.now += 0.2  # a's grace ends before b's change reaches it
+    c.wall += 0.2
+    a.tick()
+    for origin, message in held + c.control:
+        c.deliver(origin, message)
+    c.control = []
+    c.advance(1.0)
+    assert c.events[0] == [
+        ("join", "alice", "a-1"),
+        ("leave", "alice", "a-1"),
+        ("join", "alice", "b-1"),
+    ]
+
+
+def test_late_and_repeated_messages_never_bring_a_member_back() -> None:
+    c = Cluster(2)
+    a, b = c.services
+    a.joined("room.1", "a-1", user("alice"))
+    a.tick()
+    added = c.control[:]
+    c.flush()
+    c.advance(1.1)  # a digest with alice in it
+    a.left("room.1", "a-1")
+    c.advance(0.1)
+    assert b.stats("room.1") == (0, 0)
+    for origin, message in added:  # the add again, and an old digest
+        c.deliver(origin, message)
+    old_digests = [m for o, m in added if b"presence_digest" in m.data]
+    for message in old_digests:
+        b.receive(message)
+    assert b.stats("room.1") == (0, 0)
+    assert not b.table.has_user("room.1", "alice")
+
+
+def test_a_late_goodbye_of_an_earlier_process_is_ignored() -> None:
+    c = Cluster(2)
+    a, b = c.services
+    a.joined("room.1", "a-1", user("alice"))
+    c.advance(0.2)
+    bye = msgspec.json.encode({"type": "presence_bye", "id": "host:0", "boot": "0" * 12})
+    b.receive(Message.from_utf8(bye))
+    assert b.stats("room.1") == (1, 1)
+
+
+def test_a_dead_workers_members_are_gone_within_the_expiry_and_leave_after_the_grace() -> None:
+    c = Cluster(3)
+    a, b, w2 = c.services
+    a.joined("room.1", "a-1", user("alice"))
+    a.joined("room.1", "a-2", None)
+    c.advance(0.2)
+    c.dead.add(0)
+    c.advance(EXPIRY + 0.2)
+    assert b.stats("room.1") == (0, 0) and w2.stats("room.1") == (0, 0)
+    # The anonymous client leaves at once; alice after the grace, on each survivor for its
+    # own subscribers only.
+    assert c.events[1][-1] == ("leave", "", "a-2")
+    c.advance(5.0 + TAKEOVER_MARGIN)
+    for i in (1, 2):
+        assert c.events[i][-2:] == [("leave", "", "a-2"), ("leave", "alice", "a-1")]
+    assert c.events[0] == [("join", "alice", "a-1"), ("join", "", "a-2")]
+
+
+def test_a_dead_workers_user_back_on_a_survivor_within_the_grace_makes_no_event() -> None:
+    c = Cluster(2)
+    a, b = c.services
+    a.joined("room.1", "a-1", user("alice"))
+    c.advance(0.2)
+    c.dead.add(0)
+    c.advance(1.0)
+    b.joined("room.1", "b-1", user("alice"))  # reconnected before the expiry
+    c.advance(EXPIRY + 10)
+    assert c.events[1] == [("join", "alice", "a-1")]
+    assert b.stats("room.1") == (1, 1)
+
+
+def test_a_stopping_worker_says_goodbye_and_its_members_go_at_once() -> None:
+    c = Cluster(2)
+    a, b = c.services
+    a.joined("room.1", "a-1", user("alice"))
+    c.advance(0.2)
+    a._stopped = True
+    a._send(msgspec.json.encode({"type": "presence_bye", "id": "host:0", "boot": a._boot}))
+    c.flush()
+    assert b.stats("room.1") == (0, 0)
+
+
+def test_channels_without_join_leave_keep_presence_but_send_no_events() -> None:
+    c = Cluster(2)
+    a, b = c.services
+    a.joined("quiet.1", "a-1", user("alice"))
+    a.joined("other", "a-1", user("alice"))  # no presence at all
+    c.advance(0.2)
+    assert b.stats("quiet.1") == (1, 1) and b.stats("other") == (0, 0)
+    a.left("quiet.1", "a-1")
+    c.advance(10.0)
+    assert c.all_events() == []
+
+
+def test_an_overflowing_batch_is_replaced_by_a_digest() -> None:
+    c = Cluster(2)
+    a, b = c.services
+    for i in range(MAX_BATCH_OPS + 10):
+        a.joined("quiet.1", f"a-{i}", user(f"u{i}"))
+    a.left("quiet.1", "a-0")
+    c.advance(0.1)
+    kinds = [decode(m.data).__class__.__name__ for _, m in c.flush()]
+    assert "Delta" not in kinds
+    assert b.stats("quiet.1") == (MAX_BATCH_OPS + 9, MAX_BATCH_OPS + 9)
+    a.left("quiet.1", "a-1")  # and deltas again afterwards
+    c.advance(0.1)
+    assert b.stats("quiet.1") == (MAX_BATCH_OPS + 8, MAX_BATCH_OPS + 8)
+
+
+def test_members_per_channel_and_listed_clients_are_bounded() -> None:
+    c = Cluster(2, max_members=3, max_clients=4)
+    a, b = c.services
+    for i in range(5):
+        a.joined("quiet.1", f"a-{i}", user(f"u{i}"))
+        b.joined("quiet.1", f"b-{i}", user(f"u{i}"))
+    c.advance(0.2)
+    assert a.members == 3 and a.stats("quiet.1") == (6, 3)
+    answer = json.loads(a.presence("quiet.1"))
+    assert len(answer["clients"]) == 4 and answer["truncated"] is True
