@@ -46,6 +46,7 @@ async def fanout_v1(websocket: WebSocket) -> None:
         service,
         conn,
         auth=node.auth,
+        presence=node.presence,
         identity=identity,
         require_auth=settings.require_auth,
         max_subscriptions=settings.max_subscriptions,

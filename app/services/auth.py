@@ -26,7 +26,7 @@ def channel_owner(channel: str) -> str | None:
 
 
 class Authorizer:
-    """Decides subscribe and publish rights; the HTTP API may always publish.
+    """Decides subscribe, publish and presence rights; the HTTP API may always publish.
 
     Order: a user channel (``name#42``) belongs to user 42 alone, whatever else says yes;
     then a token capability for the right grants it; then the first matching channel rule.
@@ -82,6 +82,17 @@ class Authorizer:
                 return Refusal(UNAUTHORIZED, f"publishing on {channel} needs a token")
             return None
         return Refusal(FORBIDDEN, f"publishing on {channel} is not allowed")
+
+    def may_see_presence(
+        self, identity: Identity | None, channel: str, *, subscribed: bool
+    ) -> Refusal | None:
+        """None if ``identity`` may ask who is on ``channel`` (``subscribed``: it holds the
+        channel; else a token capability ``presence`` for it), else why not (403)."""
+        if subscribed or (identity is not None and identity.may("presence", channel)):
+            return None
+        return Refusal(
+            FORBIDDEN, f"subscribe to {channel} (or hold the presence capability) to see it"
+        )
 
     def _subscription_token(
         self, identity: Identity | None, channel: str, token: str | None

@@ -13,6 +13,8 @@ from app.services.cluster import ClusterView
 from app.services.figures import WorkerFigures
 from app.services.idempotency import create_idempotency_store
 from app.services.message import Message
+from app.services.presence import PresenceService
+from app.services.presence_wire import PREFIX as PRESENCE_PREFIX
 from app.services.rules import ChannelRules
 from app.services.stats import StatsService
 from app.services.tokens import TokenVerifier
@@ -21,8 +23,9 @@ from app.services.tokens import TokenVerifier
 class Node:
     """One worker: its reporting, its connections and fan-out, and its view of the cluster.
 
-    The backend's messages come here first: the control channel (heartbeats) goes to the
-    :class:`ClusterView`, every other channel to the :class:`BroadcastService`.
+    The backend's messages come here first: the control channel goes to the
+    :class:`PresenceService` (its messages) or the :class:`ClusterView` (heartbeats), every
+    other channel to the :class:`BroadcastService`.
     """
 
     def __init__(
@@ -41,6 +44,17 @@ class Node:
         self.stats = StatsService(log_interval=settings.stats_log_interval)
         self.broadcast = BroadcastService(settings, backend, self.stats)
         self.idempotency = create_idempotency_store(settings, backend)
+        self.presence = PresenceService(
+            worker_id=self.stats.worker_id,
+            rules=self.auth.rules,
+            interval=settings.heartbeat_interval,
+            expiry=settings.heartbeat_expiry,
+            max_members=settings.presence_max_members,
+            max_clients=settings.presence_max_clients,
+            publish_control=lambda message: backend.publish(CONTROL_CHANNEL, message),
+            publish_event=self.broadcast.publish,
+            deliver_event=self.broadcast.deliver,
+        )
         self.cluster = ClusterView(
             worker_id=self.stats.worker_id,
             interval=settings.heartbeat_interval,
@@ -54,10 +68,12 @@ class Node:
         await self.stats.start()
         await self.backend.start(self._from_backend, self.broadcast.gap)
         await self.idempotency.start()
+        await self.presence.start()
         await self.cluster.start()
 
     async def stop(self) -> None:
         """Say goodbye, close every connection with 1001, disconnect, stop reporting."""
+        await self.presence.stop()
         await self.cluster.stop()
         await self.broadcast.close_all()
         await self.backend.stop()
@@ -68,7 +84,10 @@ class Node:
         """This worker's own figures (its heartbeat)."""
         broadcast = self.broadcast
         return self.stats.figures(
-            broadcast.channel_sizes(), broadcast.subscriptions, self.backend.status()
+            broadcast.channel_sizes(),
+            broadcast.subscriptions,
+            self.backend.status(),
+            presence_members=self.presence.members,
         )
 
     def every_worker(self) -> list[tuple[float, WorkerFigures]]:
@@ -81,6 +100,9 @@ class Node:
 
     def _from_backend(self, channel: str, message: Message) -> None:
         if channel == CONTROL_CHANNEL:
-            self.cluster.receive(message)
+            if message.data.startswith(PRESENCE_PREFIX):
+                self.presence.receive(message)
+            else:
+                self.cluster.receive(message)
         else:
             self.broadcast.deliver(channel, message)

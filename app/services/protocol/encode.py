@@ -50,6 +50,11 @@ def encode_reply(id: int, res: Mapping[str, Any] | msgspec.Struct | None = None)
     return b'{"id":%d,"res":%b}' % (id, body)
 
 
+def encode_reply_json(id: int, res: bytes) -> bytes:
+    """``{"id":N,"res":<res>}`` with ``res`` already JSON (a presence answer): spliced in."""
+    return b'{"id":%d,"res":%b}' % (id, res)
+
+
 def encode_error(code: int, message: str, id: int | None = None) -> bytes:
     """``{"id":N,"error":{...}}`` with an id, ``{"ev":"error","error":{...}}`` without."""
     error = b'{"code":%d,"message":%b}' % (code, _encode(message))

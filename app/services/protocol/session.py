@@ -22,6 +22,8 @@ from app.services.protocol.commands import (
     BinaryPub,
     Connect,
     Ping,
+    Presence,
+    PresenceStats,
     Pub,
     Refresh,
     Sub,
@@ -29,7 +31,7 @@ from app.services.protocol.commands import (
     decode_binary_publish,
     decode_command,
 )
-from app.services.protocol.encode import encode_error, encode_reply
+from app.services.protocol.encode import encode_error, encode_reply, encode_reply_json
 from app.services.protocol.errors import ErrorCode, FrameUnreadable, ProtocolError
 from app.services.tokens import LEEWAY, Identity, TokenError
 
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from app.services.auth import Authorizer
     from app.services.broadcast import BroadcastService
     from app.services.connection import Connection
+    from app.services.presence import PresenceService
 
 LOGGED_ERRORS = 3
 """Protocol errors logged per connection; the rest are only counted."""
@@ -78,6 +81,7 @@ class ProtocolSession:
         "_logged",
         "_max_bytes",
         "_max_subscriptions",
+        "_presence",
         "_require_auth",
         "_service",
         "channels",
@@ -91,6 +95,7 @@ class ProtocolSession:
         conn: Connection,
         *,
         auth: Authorizer,
+        presence: PresenceService,
         identity: Identity | None,
         require_auth: bool,
         max_subscriptions: int,
@@ -99,6 +104,7 @@ class ProtocolSession:
         self._service = service
         self._conn = conn
         self._auth = auth
+        self._presence = presence
         self._require_auth = require_auth
         self._max_subscriptions = max_subscriptions
         self._max_bytes = max_message_bytes
@@ -163,8 +169,10 @@ class ProtocolSession:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+        client = self.client
         for channel in self.channels:
             self._service.unsubscribe(self._conn, channel)
+            self._presence.left(channel, client)
         self.channels.clear()
 
     # -- commands ---------------------------------------------------------------------------
@@ -200,8 +208,10 @@ class ProtocolSession:
             self._connect(command, first)
         elif isinstance(command, Refresh):
             self._refresh(command)
+        elif isinstance(command, Presence | PresenceStats):
+            self._presence_query(command)
         else:
-            # history, presence, presence_stats: no channel has history or presence yet.
+            # history: no channel has history yet.
             op = type(command).__struct_config__.tag
             raise ProtocolError(ErrorCode.NOT_FOUND, f"{op} is not available here", command.id)
 
@@ -234,6 +244,7 @@ class ProtocolSession:
             if channel not in self.channels and len(self.channels) < self._max_subscriptions:
                 self.channels.add(channel)
                 self._service.subscribe(self._conn, channel)
+                self._presence.joined(channel, self.client, identity)
 
     def _refresh(self, command: Refresh) -> None:
         try:
@@ -275,13 +286,34 @@ class ProtocolSession:
         self.channels.add(channel)
         self._service.subscribe(self._conn, channel)
         self._reply(command.id)
+        self._presence.joined(channel, self.client, self.identity)  # after the reply
 
     def _unsubscribe(self, command: Unsub) -> None:
         if command.ch not in self.channels:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"not subscribed to {command.ch}", command.id)
         self.channels.discard(command.ch)
         self._service.unsubscribe(self._conn, command.ch)
+        self._presence.left(command.ch, self.client)
         self._reply(command.id)
+
+    def _presence_query(self, command: Presence | PresenceStats) -> None:
+        channel = command.ch
+        if not self._presence.enabled(channel):
+            raise ProtocolError(
+                ErrorCode.NOT_FOUND, "presence is not enabled on this channel", command.id
+            )
+        subscribed = channel in self.channels
+        self._check(
+            self._auth.may_see_presence(self.identity, channel, subscribed=subscribed), command
+        )
+        if command.id is None:
+            return  # nobody would read the answer
+        if isinstance(command, Presence):
+            answer = encode_reply_json(command.id, self._presence.presence(channel))
+            self._conn.offer(Message.from_utf8(answer))
+        else:
+            clients, users = self._presence.stats(channel)
+            self._reply(command.id, {"clients": clients, "users": users})
 
     def _publish(self, channel: str, message: Message, command: Pub | BinaryPub) -> None:
         subscribed = channel in self.channels
