@@ -1,4 +1,5 @@
-"""POST /api/publish, /api/broadcast, /api/publish/{channel}: the HTTP API (PROTOCOL.md 3).
+"""POST /api/publish, /api/broadcast, /api/publish/{channel}, /api/presence,
+/api/presence_stats: the HTTP API (PROTOCOL.md 3).
 
 Thin: check the key, read the body within its limit, decode, call the publisher, encode.
 Every refusal is ``{"error":{"code":C,"message":M}}`` with HTTP status C, counted in
@@ -22,6 +23,7 @@ from app.services.api.codec import (
     Publish,
     decode_body_message,
     decode_broadcast,
+    decode_channel,
     decode_publish,
     json_body_limit,
 )
@@ -33,8 +35,10 @@ from app.services.protocol.commands import BAD_CHANNEL_MESSAGE, valid_channel
 logger = logging.getLogger(LOGGER_NAME)
 
 JSON: Final = "application/json"
-METHODS: Final = ("/api/publish", "/api/broadcast")
+METHODS: Final = ("/api/publish", "/api/broadcast", "/api/presence", "/api/presence_stats")
 """The API's paths (besides /api/publish/{channel}), for 405 against 404."""
+PRESENCE_BODY_LIMIT: Final = 65_536
+"""Largest body of a presence request (``{"channel": C}`` and whatever fields ride along)."""
 _NOT_ALLOWED: Final = HTTPStatus.METHOD_NOT_ALLOWED
 _ALL_METHODS: Final = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -54,6 +58,16 @@ async def broadcast(request: Request) -> Response:
 async def publish_body(request: Request) -> Response:
     """The body is the message: ``text/*`` text, JSON content types JSON data, else binary."""
     return await _serve(request, _publish_body)
+
+
+async def presence(request: Request) -> Response:
+    """``{"channel":C}`` -> ``{"result":{"clients":{client:{"user":u,"info":i},...}}}``."""
+    return await _serve(request, _presence)
+
+
+async def presence_stats(request: Request) -> Response:
+    """``{"channel":C}`` -> ``{"result":{"clients":N,"users":N}}``."""
+    return await _serve(request, _presence_stats)
 
 
 async def unknown(request: Request) -> Response:
@@ -91,6 +105,26 @@ async def _publish_body(request: Request) -> bytes:
     payload = decode_body_message(request.headers.get("content-type"), body)
     result = await _publisher(request).publish(Publish(channel, payload, None))
     return b'{"result":' + result + b"}"
+
+
+async def _presence(request: Request) -> bytes:
+    channel = await _presence_channel(request, "presence")
+    return b'{"result":' + node_of(request).presence.presence(channel) + b"}"
+
+
+async def _presence_stats(request: Request) -> bytes:
+    channel = await _presence_channel(request, "presence_stats")
+    clients, users = node_of(request).presence.stats(channel)
+    return b'{"result":{"clients":%d,"users":%d}}' % (clients, users)
+
+
+async def _presence_channel(request: Request, what: str) -> str:
+    """The channel a presence request names; 404 where its rule keeps no presence."""
+    body = await read_body(request, PRESENCE_BODY_LIMIT)
+    channel = decode_channel(body, what)
+    if not node_of(request).presence.enabled(channel):
+        raise ApiError(ErrorCode.NOT_FOUND, "presence is not enabled on this channel")
+    return channel
 
 
 async def _serve(request: Request, handler: Handler) -> Response:
@@ -154,6 +188,8 @@ routes: list[BaseRoute] = [
     Route("/api/publish", publish, methods=["POST"]),
     Route("/api/broadcast", broadcast, methods=["POST"]),
     Route("/api/publish/{channel}", publish_body, methods=["POST"]),
-    # Last: what the three did not take, answered in the API's shape rather than Starlette's.
+    Route("/api/presence", presence, methods=["POST"]),
+    Route("/api/presence_stats", presence_stats, methods=["POST"]),
+    # Last: what the others did not take, answered in the API's shape rather than Starlette's.
     Route("/api/{path:path}", unknown, methods=_ALL_METHODS),
 ]

@@ -102,6 +102,12 @@ class BroadcastRequest(_Content, frozen=True, gc=False, kw_only=True):
     channels: list[str]
 
 
+class ChannelRequest(msgspec.Struct, frozen=True, gc=False):
+    """``POST /api/presence``, ``/api/presence_stats``: ``{"channel": C}``."""
+
+    channel: str
+
+
 class Publish(msgspec.Struct, frozen=True, gc=False):
     """A checked publish: ``payload`` to ``channel``, once per ``idempotency_key``."""
 
@@ -118,11 +124,12 @@ class Broadcast(msgspec.Struct, frozen=True, gc=False):
     idempotency_key: str | None
 
 
-R = TypeVar("R", PublishRequest, BroadcastRequest)
+R = TypeVar("R", PublishRequest, BroadcastRequest, ChannelRequest)
 
 _decode_publish: Final = msgspec.json.Decoder(PublishRequest).decode
 _decode_broadcast: Final = msgspec.json.Decoder(BroadcastRequest).decode
 _decode_raw: Final = msgspec.json.Decoder(msgspec.Raw).decode
+_decode_channel: Final = msgspec.json.Decoder(ChannelRequest).decode
 
 
 def decode_publish(body: bytes, max_message_bytes: int) -> Publish:
@@ -141,6 +148,14 @@ def decode_broadcast(body: bytes, max_message_bytes: int) -> Broadcast:
         raise ApiError(ErrorCode.BAD_REQUEST, "channels must not be empty")
     payload = _payload(request, body, max_message_bytes)
     return Broadcast(request.channels, payload, request.idempotency_key)
+
+
+def decode_channel(body: bytes, what: str) -> str:
+    """The valid channel of a ``{"channel": C}`` body; ApiError 400 if there is none."""
+    request = _decode(_decode_channel, body, what)
+    if not valid_channel(request.channel):
+        raise ApiError(ErrorCode.BAD_REQUEST, BAD_CHANNEL_MESSAGE)
+    return request.channel
 
 
 def decode_body_message(content_type: str | None, body: bytes) -> Payload:
