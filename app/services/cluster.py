@@ -172,5 +172,6 @@ def _worker_entry(figures: WorkerFigures, age: float) -> dict[str, Any]:
     worker["backend"] = figures.backend
     worker["messages"] = msgspec.to_builtins(figures.messages)
     worker["slow_consumer_disconnects"] = figures.slow_consumer_disconnects
+    worker["presence_members"] = figures.presence_members
     worker["heartbeat_age_seconds"] = round(age, 3)
     return worker

@@ -71,6 +71,8 @@ class WorkerFigures(msgspec.Struct):
     """Subscribers per channel (raw sockets and fanout.v1 subscriptions)."""
     subscriptions: int = 0
     """fanout.v1 subscriptions (one socket may hold many)."""
+    presence_members: int = 0
+    """Members this worker owns on presence channels (a client on two channels counts 2)."""
     messages: MessageFigures = msgspec.field(default_factory=MessageFigures)
     slow_consumer_disconnects: int = 0
     gap_notices: int = 0

@@ -157,6 +157,11 @@ class _Families:
             "fanout.v1 commands refused, by error code (4501: an unreadable frame closed).",
             labels=[*WORKER, "code"],
         )
+        self.presence_members = GaugeMetricFamily(
+            "fanout_presence_members",
+            "Members the worker owns on presence channels (a client on two channels counts two).",
+            labels=list(WORKER),
+        )
         self.channels = GaugeMetricFamily(
             "fanout_channels",
             "Channels with at least one subscriber on the worker.",
@@ -203,6 +208,7 @@ class _Families:
         self.uptime.add_metric(who, f.uptime_seconds)
         self.heartbeat_age.add_metric(who, round(age, 3))
         self.channels.add_metric(who, len(f.channels))
+        self.presence_members.add_metric(who, f.presence_members)
         _each(self.http_errors, who, f.http_errors)
         counts = f.write_latency.counts
         if len(counts) == len(LATENCY_BUCKETS) + 1:  # else: another layout, not comparable

@@ -196,10 +196,15 @@ class StatsService:
     # -- figures ----------------------------------------------------------------------------
 
     def figures(
-        self, channels: Mapping[str, int], subscriptions: int, backend: dict[str, Any]
+        self,
+        channels: Mapping[str, int],
+        subscriptions: int,
+        backend: dict[str, Any],
+        *,
+        presence_members: int = 0,
     ) -> WorkerFigures:
         """This worker's figures, given its channels' subscriber counts, its fanout.v1
-        subscriptions and its backend's status."""
+        subscriptions, its backend's status and its own presence members."""
         c = self.counters
         uptime = round(self.uptime(), 3)
         return WorkerFigures(
@@ -218,6 +223,7 @@ class StatsService:
                 published_api=c.api_published,
             ),
             subscriptions=subscriptions,
+            presence_members=presence_members,
             protocol_errors={str(code): n for code, n in sorted(c.protocol_errors.items())},
             slow_consumer_disconnects=c.slow_consumer_disconnects,
             gap_notices=self.gap_notices,
