@@ -9,6 +9,7 @@ import pytest
 from app.services import framing
 from app.services.framing import (
     DATA_BINARY,
+    DATA_EVENT,
     DATA_JSON,
     DATA_TEXT,
     GAP,
@@ -72,6 +73,15 @@ def test_a_json_publication_stays_json_so_every_worker_frames_it_as_data() -> No
     received = frame.message()
     assert received.is_json and received.data == sent.data
     assert received.envelope("news").data == b'{"ch":"news","d":{"b": 1,  "a": [1, 2]}}'
+
+
+def test_an_event_stays_an_event_its_own_envelope_and_nothing_for_raw_sockets() -> None:
+    sent = Message.event(b'{"ch":"news","ev":"join","who":{"client":"c","user":"u","info":null}}')
+    [frame] = decode_all(framing.encode("news", sent))
+    assert frame.kind == DATA_EVENT
+    received = frame.message()
+    assert received.is_event and received.data == sent.data
+    assert received.envelope("news") is received
 
 
 def test_a_binary_message_comes_back_as_the_same_bytes_and_stays_binary() -> None:
@@ -169,7 +179,7 @@ def test_an_oversized_length_is_refused_from_the_header_alone() -> None:
         decoder.next()
 
 
-@pytest.mark.parametrize("kind", [0, 6, 255])
+@pytest.mark.parametrize("kind", [0, 7, 255])
 def test_an_unknown_kind_is_refused(kind: int) -> None:
     decoder = FrameDecoder(MAX)
     decoder.feed(header(3 + 1, kind, 0) + b"x")

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets
 
 from tests.support.metrics import scrape
 from tests.support.protocol import V1Client, v1_client
@@ -402,3 +403,15 @@ async def test_stats_and_metrics_count_presence_members_per_worker(
         samples = families["fanout_presence_members"].samples
         assert sorted(s.value for s in samples) == [2.0, 2.0]
         assert all(set(s.labels) == {"worker", "host"} for s in samples)
+
+
+async def test_raw_sockets_get_no_join_or_leave_events(single: ServerProcess) -> None:
+    async with (
+        websockets.connect(single.ws("/ws/broadcast/room.raw")) as raw,
+        AsyncExitStack() as stack,
+    ):
+        carol = await join(stack, single, "carol")
+        await carol.client.subscribe("room.raw")
+        assert (await next_event(carol.client, "join"))["who"]["user"] == "carol"
+        await carol.client.call("pub", ch="room.raw", text="hello")
+        assert await asyncio.wait_for(raw.recv(), 5) == "hello"  # the first thing it gets
