@@ -38,6 +38,8 @@ class Cluster:
         self.events: list[list[tuple[str, str, str]]] = [[] for _ in range(n)]
         self.control: list[tuple[int, Message]] = []
         self.dead: set[int] = set()
+        self.cut: set[int] = set()
+        """Workers that run on but reach nobody and hear from nobody (a Redis outage)."""
         self.services = [self._service(i, max_members, max_clients) for i in range(n)]
         for service in self.services:
             service.tick()
@@ -45,8 +47,9 @@ class Cluster:
 
     def _service(self, i: int, max_members: int, max_clients: int) -> PresenceService:
         def publish_event(channel: str, message: Message) -> None:
-            for events in self.events:
-                events.append(_event(message))
+            for j, events in enumerate(self.events):  # the backend: not to or from the dead
+                if j == i or not {i, j} & (self.dead | self.cut):
+                    events.append(_event(message))
 
         return PresenceService(
             worker_id=f"host:{i}",
@@ -70,10 +73,10 @@ class Cluster:
         return sent
 
     def deliver(self, origin: int, message: Message) -> None:
-        if origin in self.dead:
+        if origin in self.dead | self.cut:
             return
         for i, service in enumerate(self.services):
-            if i != origin and i not in self.dead:
+            if i != origin and i not in self.dead | self.cut:
                 service.receive(message)
 
     def advance(self, seconds: float, step: float = 0.1) -> None:
@@ -290,3 +293,36 @@ def test_members_per_channel_and_listed_clients_are_bounded() -> None:
     assert a.members == 3 and a.stats("quiet.1") == (6, 3)
     answer = json.loads(a.presence("quiet.1"))
     assert len(answer["clients"]) == 4 and answer["truncated"] is True
+
+
+def test_a_worker_cut_off_past_the_expiry_is_heard_again_and_its_users_join_again() -> None:
+    c = Cluster(2)
+    a, b = c.services
+    a.joined("room.1", "a-1", user("alice"))
+    a.joined("room.1", "a-2", user("bob"))
+    c.advance(0.2)
+    c.cut.add(0)  # a Redis outage: a runs on, b hears nothing of it
+    a.left("room.1", "a-2")  # bob goes meanwhile
+    c.advance(EXPIRY + 5.0 + TAKEOVER_MARGIN + 0.2)
+    assert b.stats("room.1") == (0, 0)
+    assert c.events[1][-2:] == [("leave", "alice", "a-1"), ("leave", "bob", "a-2")]
+    before = list(c.events[1])
+    c.cut.clear()
+    c.advance(1.2)  # a's next digest
+    assert b.stats("room.1") == (1, 1)
+    assert c.events[1][len(before) :] == [("join", "alice", "a-1")]
+
+
+def test_a_late_message_from_before_an_expiry_is_not_applied() -> None:
+    c = Cluster(2)
+    a, b = c.services
+    a.joined("room.1", "a-1", user("alice"))
+    a.tick()
+    old = c.control[:]
+    c.flush()
+    c.dead.add(0)
+    c.advance(EXPIRY + 0.2)
+    c.dead.clear()
+    for origin, message in old:
+        c.deliver(origin, message)
+    assert b.stats("room.1") == (0, 0)

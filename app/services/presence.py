@@ -74,6 +74,7 @@ MAX_DEPARTURES: Final = 100_000
 TAKEOVER_MARGIN: Final = 0.5
 """Extra seconds before a worker sends, to its own subscribers, the leave of a member of a
 worker that is gone: time for a reconnect's join to arrive from its new worker."""
+INFINITE: Final = float("inf")
 OWNER_RECHECK: Final = 0.5
 """Seconds between checks of a departure whose leave another, live worker is to send."""
 
@@ -100,7 +101,7 @@ class Departure:
 class Origin:
     """What this worker has applied of another worker's presence messages."""
 
-    __slots__ = ("boot", "dirty", "heard", "seq")
+    __slots__ = ("boot", "dirty", "heard", "returning", "seq")
 
     def __init__(self, boot: str, heard: float) -> None:
         self.boot = boot
@@ -108,6 +109,8 @@ class Origin:
         self.heard = heard
         self.dirty = True
         """Changes may be missing (a first message, a gap): take the next digest whole."""
+        self.returning = False
+        """Heard again after it expired here: its next digest's members are joins."""
 
 
 class PresenceService:
@@ -146,8 +149,11 @@ class PresenceService:
         self._digest_due = True
         self._next_digest = 0.0
         self._origins: dict[str, Origin] = {}
-        self._retired: dict[str, str] = {}
-        """Boots of workers that said goodbye, expired or restarted: never heard again."""
+        self._retired: dict[str, tuple[str, float]] = {}
+        """Per worker id, the (boot, seq) dropped last: nothing of that boot up to that seq
+        is heard again. A goodbye or a restart retires a boot for good (seq infinite); an
+        expiry up to the last seq applied, so a worker that was only cut off (a Redis
+        outage) is heard again when it comes back."""
         self._departures: dict[tuple[str, str], Departure] = {}
         self._due: list[tuple[float, int, Departure]] = []
         self._order = itertools.count()
@@ -275,22 +281,29 @@ class PresenceService:
             logger.warning("presence: ignoring a malformed control message: %s", exc)
             return
         worker_id = body.id
-        if worker_id == self.worker_id or self._retired.get(worker_id) == body.boot:
+        if worker_id == self.worker_id:
+            return
+        retired = self._retired.get(worker_id)
+        seq = body.seq if not isinstance(body, Bye) else INFINITE
+        if retired is not None and retired[0] == body.boot and seq <= retired[1]:
             return
         origin = self._origins.get(worker_id)
         if isinstance(body, Bye):
             if origin is None:
                 self._retire(worker_id, body.boot)
             elif origin.boot == body.boot:
-                self._gone(worker_id)
+                self._gone(worker_id, forever=True)
             return  # else: a late goodbye of an earlier process with this id
         if origin is not None and origin.boot != body.boot:
-            self._gone(worker_id)  # restarted under the same id: the old process is gone
+            # Restarted under the same id: the old process is gone for good.
+            self._gone(worker_id, forever=True)
             origin = None
         if origin is None:
             if len(self._origins) >= MAX_ORIGINS:
                 return
             origin = self._origins[worker_id] = Origin(body.boot, self._clock())
+            origin.returning = retired is not None and retired[0] == body.boot
+            self._retired.pop(worker_id, None)
             self._digest_due = True  # a newcomer: let it know this worker's members soon
         if body.seq <= origin.seq:
             return  # late or repeated: something newer is applied already
@@ -300,10 +313,11 @@ class PresenceService:
         if isinstance(body, Delta):
             if not contiguous:
                 origin.dirty = True
-            self._apply(worker_id, body.ops)
+            if not origin.returning:  # a returning worker's digest brings everything
+                self._apply(worker_id, body.ops)
         elif origin.dirty or not contiguous or body.n != self.table.size(worker_id):
-            self._apply_digest(worker_id, body)
-            origin.dirty = False
+            self._apply_digest(worker_id, body, origin.returning)
+            origin.dirty = origin.returning = False
 
     def _apply(self, worker_id: str, ops: list[Op]) -> None:
         table = self.table
@@ -318,14 +332,39 @@ class PresenceService:
                 assert type(op) is Left
                 self._left(op)
 
-    def _apply_digest(self, worker_id: str, digest: Digest) -> None:
+    def _apply_digest(self, worker_id: str, digest: Digest, returning: bool) -> None:
         channels = {
             ch: [Member(e.client, e.user, bytes(e.info)) for e in entries]
             for ch, entries in digest.channels.items()
         }
+        # A worker back after it expired here (cut off, not dead): this worker told its own
+        # subscribers its members left, so it tells them of those back, as it told them.
+        joins = self._back(channels) if returning else []
         ts = self._wall()
         for channel, member in self.table.replace(worker_id, channels):
             self._removed(channel, member, (ts, worker_id))
+        for channel, member in joins:
+            self._deliver_event(channel, _event(encode_join, channel, member))
+
+    def _back(self, channels: dict[str, list[Member]]) -> list[tuple[str, Member]]:
+        """The members of ``channels`` whose join this worker's subscribers have to see:
+        anonymous ones, and users neither present nor departed within the grace."""
+        joins: list[tuple[str, Member]] = []
+        for channel, members in channels.items():
+            if not self._rules.rule_for(channel).join_leave:
+                continue
+            seen: set[str] = set()
+            for member in members:
+                user = member.user
+                if user and (
+                    user in seen
+                    or self.table.has_user(channel, user)
+                    or (channel, user) in self._departures
+                ):
+                    continue
+                seen.add(user)
+                joins.append((channel, member))
+        return joins
 
     def _removed(self, channel: str, member: Member, stamp: tuple[float, str]) -> None:
         """Another worker's member left: remember the user's departure, so a reconnect here
@@ -352,12 +391,13 @@ class PresenceService:
         if holders and holders[0][0] == self.worker_id:
             self._publish_event(op.ch, _event(encode_join, op.ch, holders[0][1]))
 
-    def _gone(self, worker_id: str) -> None:
-        """``worker_id`` died, restarted or stopped: drop its members. Their leaves, if the
-        users do not come back within the grace, go to this worker's own subscribers."""
+    def _gone(self, worker_id: str, *, forever: bool = False) -> None:
+        """``worker_id`` died, restarted or stopped (``forever``), or went silent: drop its
+        members. Their leaves, if the users do not come back within the grace, go to this
+        worker's own subscribers."""
         origin = self._origins.pop(worker_id, None)
         if origin is not None:
-            self._retire(worker_id, origin.boot)
+            self._retire(worker_id, origin.boot, INFINITE if forever else origin.seq)
         now, ts = self._clock(), self._wall()
         for channel, member in self.table.drop(worker_id):
             rule = self._rules.rule_for(channel)
@@ -369,11 +409,11 @@ class PresenceService:
                 deadline = now + rule.presence_leave_grace + TAKEOVER_MARGIN
                 self._depart(channel, member, (ts, worker_id), deadline)
 
-    def _retire(self, worker_id: str, boot: str) -> None:
+    def _retire(self, worker_id: str, boot: str, seq: float = INFINITE) -> None:
         self._retired.pop(worker_id, None)
         if len(self._retired) >= MAX_ORIGINS:
             del self._retired[next(iter(self._retired))]
-        self._retired[worker_id] = boot
+        self._retired[worker_id] = (boot, seq)
 
     # -- departures -------------------------------------------------------------------------
 
