@@ -59,6 +59,7 @@ GAUGES = {
     "fanout_heartbeat_age_seconds",
     "fanout_channels",
     "fanout_subscriptions",
+    "fanout_presence_members",
 }
 HISTOGRAMS = {"fanout_publish_to_write_seconds"}
 

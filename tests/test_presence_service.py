@@ -107,8 +107,9 @@ def test_a_join_reaches_every_worker_once_and_every_worker_answers() -> None:
     c = Cluster(3)
     a, b, w2 = c.services
     a.joined("room.1", "a-1", user("alice", {"name": "Alice"}))
-    assert c.events == [[("join", "alice", "a-1")]] * 3  # one event, seen on every worker
+    assert c.events == [[], [], []]  # the join waits for the batch announcing alice
     c.advance(0.1)
+    assert c.events == [[("join", "alice", "a-1")]] * 3  # one event, seen on every worker
     b.joined("room.1", "b-1", None)
     c.advance(0.1)
     for service in c.services:
@@ -326,3 +327,13 @@ def test_a_late_message_from_before_an_expiry_is_not_applied() -> None:
     for origin, message in old:
         c.deliver(origin, message)
     assert b.stats("room.1") == (0, 0)
+
+
+def test_a_worker_dying_right_after_a_join_still_has_its_member_leave() -> None:
+    c = Cluster(2)
+    a = c.services[0]
+    a.joined("room.1", "a-1", user("alice"))
+    c.advance(0.1)  # the batch with alice, then her join: b has both
+    c.dead.add(0)
+    c.advance(EXPIRY + 5.0 + TAKEOVER_MARGIN + 0.3)
+    assert c.events[1] == [("join", "alice", "a-1"), ("leave", "alice", "a-1")]

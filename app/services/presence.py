@@ -17,13 +17,16 @@ nor a join. Anonymous clients (user ``""``) cannot be recognised after a reconne
 its own member, joins and leaves at once.
 
 Who sends an event: the worker whose client caused it, through the backend like a
-publication (framed once per worker, fanout.v1 subscribers only). The leave of a departure
-is sent by the worker that stamped it last, ``(wall time, worker id)``, so two workers
-whose last clients of a user left at nearly the same time do not both send it; it then
-tells the others (a ``left`` op) and a worker holding a client of that user that the sender
-had not heard of yet answers with a ``join``: the subscribers' view ends up right. The
-members of a worker that died (or stopped) are handled by every other worker for its own
-subscribers only, after the grace: nobody is left to send them for everyone.
+publication (framed once per worker, fanout.v1 subscribers only). A join goes out right
+after the batch that announces its member (so within 100 ms): every worker that delivers
+a join knows the member, and tells its leave even if the member's worker dies at once.
+The leave of a departure is sent by the worker that stamped it last, ``(wall time,
+worker id)``, so two workers whose last clients of a user left at nearly the same time
+do not both send it; that worker then tells the others (a ``left`` op), and a worker
+holding a client of that user the sender had not heard of yet answers with a ``join``:
+the subscribers' view ends up right. The members of a worker that died (or stopped) are
+handled by every other worker for its own subscribers only, after the grace: nobody is
+left to send them for everyone.
 """
 
 from __future__ import annotations
@@ -145,6 +148,8 @@ class PresenceService:
         self._boot = os.urandom(6).hex()
         self._seq = itertools.count(1)
         self._ops: list[Op] = []
+        self._joins: list[tuple[str, Message]] = []
+        """Join events waiting for the batch that announces their members."""
         self._overflowed = False
         self._digest_due = True
         self._next_digest = 0.0
@@ -199,7 +204,19 @@ class PresenceService:
             self._digest_due = False
             self._overflowed = False
             self._next_digest = now + self.interval
+        if self._joins:
+            # After the batch (or digest) with their members, on the same backend: whoever
+            # sees a join, every worker knows the member, and can tell its leave.
+            joins, self._joins = self._joins, []
+            for channel, event in joins:
+                self._publish_event(channel, event)
         for worker_id in [w for w, o in self._origins.items() if now - o.heard > self.expiry]:
+            logger.warning(
+                "presence: worker %s silent for %g s; its %d member(s) dropped",
+                worker_id,
+                self.expiry,
+                self.table.size(worker_id),
+            )
             self._gone(worker_id)
         self._settle(now)
 
@@ -230,7 +247,7 @@ class PresenceService:
             return
         self._op(Add(channel, client, user, msgspec.Raw(info)))
         if rule.join_leave and first:
-            self._publish_event(channel, _event(encode_join, channel, member))
+            self._joins.append((channel, _event(encode_join, channel, member)))
 
     def left(self, channel: str, client: str) -> None:
         """``client`` is no longer subscribed to ``channel`` (unsub, or its socket closed)."""
@@ -303,6 +320,8 @@ class PresenceService:
                 return
             origin = self._origins[worker_id] = Origin(body.boot, self._clock())
             origin.returning = retired is not None and retired[0] == body.boot
+            if origin.returning:
+                logger.warning("presence: worker %s heard again", worker_id)
             self._retired.pop(worker_id, None)
             self._digest_due = True  # a newcomer: let it know this worker's members soon
         if body.seq <= origin.seq:
