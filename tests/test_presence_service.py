@@ -337,3 +337,12 @@ def test_a_worker_dying_right_after_a_join_still_has_its_member_leave() -> None:
     c.dead.add(0)
     c.advance(EXPIRY + 5.0 + TAKEOVER_MARGIN + 0.3)
     assert c.events[1] == [("join", "alice", "a-1"), ("leave", "alice", "a-1")]
+
+
+def test_a_join_and_a_leave_within_one_batch_go_out_in_that_order() -> None:
+    c = Cluster(2)
+    a = c.services[0]
+    a.joined("room.1", "a-9", None)
+    a.left("room.1", "a-9")
+    c.advance(0.1)
+    assert c.events[1] == [("join", "", "a-9"), ("leave", "", "a-9")]

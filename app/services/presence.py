@@ -148,8 +148,8 @@ class PresenceService:
         self._boot = os.urandom(6).hex()
         self._seq = itertools.count(1)
         self._ops: list[Op] = []
-        self._joins: list[tuple[str, Message]] = []
-        """Join events waiting for the batch that announces their members."""
+        self._events: list[tuple[str, Message]] = []
+        """Events this worker sends, waiting for the batch that announces their changes."""
         self._overflowed = False
         self._digest_due = True
         self._next_digest = 0.0
@@ -204,11 +204,12 @@ class PresenceService:
             self._digest_due = False
             self._overflowed = False
             self._next_digest = now + self.interval
-        if self._joins:
-            # After the batch (or digest) with their members, on the same backend: whoever
-            # sees a join, every worker knows the member, and can tell its leave.
-            joins, self._joins = self._joins, []
-            for channel, event in joins:
+        if self._events:
+            # After the batch (or digest) with their changes, on the same backend: whoever
+            # sees a join, every worker knows the member, and can tell its leave. Leaves
+            # wait too, so a client's join and leave always go out in that order.
+            events, self._events = self._events, []
+            for channel, event in events:
                 self._publish_event(channel, event)
         for worker_id in [w for w, o in self._origins.items() if now - o.heard > self.expiry]:
             logger.warning(
@@ -247,7 +248,7 @@ class PresenceService:
             return
         self._op(Add(channel, client, user, msgspec.Raw(info)))
         if rule.join_leave and first:
-            self._joins.append((channel, _event(encode_join, channel, member)))
+            self._events.append((channel, _event(encode_join, channel, member)))
 
     def left(self, channel: str, client: str) -> None:
         """``client`` is no longer subscribed to ``channel`` (unsub, or its socket closed)."""
@@ -262,7 +263,7 @@ class PresenceService:
         if not rule.join_leave:
             return
         if not member.user:
-            self._publish_event(channel, _event(encode_leave, channel, member))
+            self._events.append((channel, _event(encode_leave, channel, member)))
         else:
             # Remembered even while the user has clients elsewhere: another worker's last
             # client of the user may leave at this same instant, and the later of the two
@@ -408,7 +409,7 @@ class PresenceService:
             return
         holders = sorted(self.table.holders(op.ch, op.user), key=lambda h: h[0])
         if holders and holders[0][0] == self.worker_id:
-            self._publish_event(op.ch, _event(encode_join, op.ch, holders[0][1]))
+            self._events.append((op.ch, _event(encode_join, op.ch, holders[0][1])))
 
     def _gone(self, worker_id: str, *, forever: bool = False) -> None:
         """``worker_id`` died, restarted or stopped (``forever``), or went silent: drop its
@@ -465,7 +466,7 @@ class PresenceService:
             owner = departure.stamp[1]
             if owner == self.worker_id:
                 del self._departures[key]
-                self._publish_event(channel, _event(encode_leave, channel, member))
+                self._events.append((channel, _event(encode_leave, channel, member)))
                 self._op(Left(channel, member.user, departure.stamp[0], owner))
             elif owner in self._origins:
                 # Its worker sends the leave and says so (a ``left`` op). Should that never
