@@ -118,6 +118,7 @@ async def round_trips(port: int, members: int, calls: int) -> dict[str, Any]:
                 await _reply(asker, 10 + n)
                 samples.append(time.perf_counter_ns() - started)
             figures[op] = latency_summary(samples)
+            figures[op]["max_at"] = samples.index(max(samples))  # which call: a warm-up?
         return figures
     finally:
         await asyncio.gather(*(ws.close() for ws in clients), return_exceptions=True)
