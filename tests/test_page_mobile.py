@@ -1,7 +1,8 @@
 """The demo page fits a phone: no sideways scrolling at 320, 360 and 390 px, in real Chromium.
 
 Checked before and after connecting the raw tester (the socket URL and a long unbroken
-message are the widest things the page shows), and with the chat joined. Screenshots land in test-output/page_mobile/.
+message are the widest things the page shows), and with the chat joined. Screenshots land
+in test-output/page_mobile/.
 """
 
 from __future__ import annotations
