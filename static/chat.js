@@ -226,7 +226,10 @@ function watch(channel) {
     let entry;
     if (d && typeof d === "object" && typeof d.text === "string") {
       const name = typeof d.name === "string" && d.name ? d.name.slice(0, 32) : "someone";
-      if (typeof d.client === "string") names.set(d.client, name);
+      if (typeof d.client === "string" && names.get(d.client) !== name) {
+        names.set(d.client, name);
+        if (channel === state.active) renderPresence(); // a name for a "guest" in the list
+      }
       const mine = typeof d.client === "string" && d.client === client.client;
       entry = { kind: mine ? "mine" : "theirs", name, text: d.text };
     } else {
@@ -243,7 +246,7 @@ function watch(channel) {
     const m = members.get(channel) || new Map();
     m.set(who.client, { user: who.user, info: who.info });
     members.set(channel, m);
-    system(channel, displayName(who.client, who) + " joined");
+    if (who.client !== client.client) system(channel, displayName(who.client, who) + " joined");
     if (channel === state.active) renderPresence();
   });
   sub.on("leave", (who) => {
