@@ -6,6 +6,7 @@ import difflib
 import errno
 import importlib.util
 import logging
+import math
 import multiprocessing
 import os
 import re
@@ -17,6 +18,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit
+
+from app.services.origins import OriginPolicy
 
 T = TypeVar("T")
 
@@ -101,6 +104,22 @@ class Settings:
     api_keys: str = ""
     """Keys for the HTTP API (POST /api/*), comma separated (several, for rotation); empty
     disables the API (403)."""
+    allowed_origins: str = ""
+    """Web pages that may open a socket, by origin, comma separated: exact
+    (``https://app.example.com``) or every subdomain of a domain (``https://*.example.com``);
+    scheme and port exact. A browser handshake from any other origin is refused with 403.
+    Empty (the default): every origin may."""
+    require_origin: bool = False
+    """Refuse (403) handshakes without an Origin header, i.e. every non-browser client."""
+    client_publish_rate: float = 0.0
+    """Messages per second one socket may send (fanout.v1 ``pub``, or any message on a raw
+    socket), as a token bucket; 0 (the default): no limit."""
+    client_publish_burst: int = 0
+    """Messages one socket may send at once before FANOUT_CLIENT_PUBLISH_RATE applies (the
+    bucket's size); 0: one second's worth (the rate rounded up, at least 1)."""
+    max_connections_per_ip: int = 0
+    """WebSocket connections one client address may hold on one worker; more are refused
+    with HTTP 429. 0 (the default): no limit."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -142,6 +161,18 @@ class Settings:
                 self.max_connections,
                 "expected a whole number >= 0 (0: no limit)",
             )
+        for name in ("max_connections_per_ip", "client_publish_burst"):
+            if getattr(self, name) < 0:
+                raise SettingsError(name, getattr(self, name), "expected a whole number >= 0")
+        rate = self.client_publish_rate
+        if not math.isfinite(rate) or rate < 0:
+            raise SettingsError(
+                "client_publish_rate", rate, "expected messages per second >= 0 (0: no limit)"
+            )
+        try:
+            OriginPolicy.from_setting(self.allowed_origins)
+        except ValueError as exc:
+            raise SettingsError("allowed_origins", self.allowed_origins, str(exc)) from None
         for name in (
             "close_timeout",
             "local_scan_interval",
@@ -333,9 +364,13 @@ def _parse(name: str, kind: object, raw: str) -> object:
         expected = {
             "int": "expected a whole number",
             "float": "expected a number (seconds)",
+            "rate": "expected a number (per second)",
             "bool": "expected true/false (also 1/0, yes/no, on/off)",
         }
-        raise SettingsError(name, raw, expected[getattr(kind, "__name__", str(kind))]) from None
+        kind_name = getattr(kind, "__name__", str(kind))
+        if name.endswith("_rate"):
+            kind_name = "rate"
+        raise SettingsError(name, raw, expected[kind_name]) from None
     return raw
 
 

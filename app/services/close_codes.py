@@ -6,7 +6,7 @@ from enum import IntEnum
 
 
 class CloseCode(IntEnum):
-    """Close codes used by Fanout (RFC 6455 section 7.4 plus one private code)."""
+    """Close codes used by Fanout (RFC 6455 section 7.4 plus private codes 4000-4999)."""
 
     NORMAL = 1000
     GOING_AWAY = 1001
@@ -29,9 +29,17 @@ class CloseCode(IntEnum):
     """The worker is at FANOUT_MAX_CONNECTIONS and the server cannot answer with HTTP 503."""
     SLOW_CONSUMER = 4008
     """The client did not read fast enough: its outbox overflowed. Reconnect."""
+    RATE_LIMITED = 4029
+    """The client kept sending over FANOUT_CLIENT_PUBLISH_RATE (more than the burst refused
+    within one refill of the bucket). Reconnect with backoff, and send slower."""
     BAD_FRAME = 4501
     """fanout.v1: a frame that cannot be read at all (not JSON, not an object, a binary
     frame that is not a publish). Do not reconnect with the same client."""
+    FORBIDDEN = 4503
+    """A handshake refused for its origin, where the server cannot answer with HTTP 403."""
+    CONNECTION_LIMIT = 4504
+    """A handshake over FANOUT_MAX_CONNECTIONS_PER_IP, where the server cannot answer with
+    HTTP 429."""
 
 
 PROTOCOL_ERRORS = frozenset(
