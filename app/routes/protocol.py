@@ -8,7 +8,7 @@ from typing import Any
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from app.routes.context import broadcast_service, settings_of
+from app.routes.context import broadcast_service, node_of, settings_of
 from app.routes.session import YIELD_EVERY, accept, admit, deny
 from app.services.close_codes import CloseCode
 from app.services.protocol.session import ProtocolSession
@@ -45,6 +45,7 @@ async def fanout_v1(websocket: WebSocket) -> None:
         conn,
         max_subscriptions=settings.max_subscriptions,
         max_message_bytes=settings.max_message_bytes,
+        publish_limit=node_of(websocket).publish_limit,
     )
     code: int = CloseCode.NO_STATUS
     unyielded = 0

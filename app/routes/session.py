@@ -10,11 +10,12 @@ from starlette.responses import JSONResponse
 from starlette.types import Receive
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from app.routes.context import broadcast_service, settings_of, stats_service
+from app.routes.context import broadcast_service, node_of, settings_of, stats_service
 from app.server.socket import ServerSocket
 from app.services.broadcast import BroadcastService, peer_of
 from app.services.close_codes import CloseCode
 from app.services.connection import Connection
+from app.services.limits import RATE_LIMITED_REASON, address_of
 from app.services.message import Message
 
 OnMessage = Callable[[BroadcastService, Connection, Message], None]
@@ -35,13 +36,15 @@ async def deny(
     reason: str,
     detail: str,
     body: dict[str, Any] | None = None,
+    note: str = "",
 ) -> None:
     """Refuse a handshake with an HTTP status, or a close code where the server can't.
 
     The body is ``{"error": reason, "detail": detail}`` (the raw sockets' shape) unless
-    ``body`` is given (fanout.v1's ``{"error": {"code", "message"}}``).
+    ``body`` is given (fanout.v1's ``{"error": {"code", "message"}}``); ``note`` goes to the
+    log line only.
     """
-    stats_service(websocket).rejected(reason, peer_of(websocket), websocket.url.path)
+    stats_service(websocket).rejected(reason, peer_of(websocket), websocket.url.path, note)
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         headers = {"Retry-After": "1"} if status == 503 else None
         content = body if body is not None else {"error": reason, "detail": detail}
@@ -49,16 +52,35 @@ async def deny(
         await websocket.send_denial_response(response)
         ServerSocket(websocket.scope).denial_sent()
     else:
-        code = CloseCode.TRY_AGAIN_LATER if status == 503 else CloseCode.POLICY_VIOLATION
-        await websocket.close(code, detail)
+        await websocket.close(_DENIAL_CLOSE_CODES.get(status, CloseCode.POLICY_VIOLATION), detail)
+
+
+_DENIAL_CLOSE_CODES = {
+    503: CloseCode.TRY_AGAIN_LATER,
+    403: CloseCode.FORBIDDEN,
+    429: CloseCode.CONNECTION_LIMIT,
+}
+"""Where a server cannot answer a handshake with HTTP: the close code for each status."""
 
 
 async def admit(websocket: WebSocket, *, endpoint: str, channel: str | None) -> Connection | None:
-    """Register a client if the worker has room (its handshake is not yet accepted), else
-    refuse it with 503 and return None."""
+    """Register a client (its handshake not yet accepted) if its page's origin is allowed
+    (else 403), the worker has room (else 503) and its address is under its quota (else
+    429); a refused client gets None."""
     service = broadcast_service(websocket)
+    origins = node_of(websocket).origins
+    if origins.restricts and not origins.allows(origin := websocket.headers.get("origin")):
+        note = f"Origin {origin[:200]!r} not allowed" if origin is not None else "no Origin header"
+        await deny(websocket, 403, "origin", "origin not allowed", note=note)
+        return None
     if not service.has_capacity():
         await deny(websocket, 503, "capacity", "server at its connection limit; retry later")
+        return None
+    # Last, with nothing awaited before connect() counts the address in.
+    if not service.addresses.allows(address := address_of(peer_of(websocket))):
+        limit = service.addresses.limit
+        note = f"{address} already holds {limit}"
+        await deny(websocket, 429, "per_ip", f"at most {limit} connections per address", note=note)
         return None
     return service.connect(websocket, endpoint=endpoint, channel=channel)
 
@@ -81,6 +103,8 @@ async def run_session(
     service = broadcast_service(websocket)
     stats = service.stats  # shared: a bound method here would cost every idle socket
     limit = settings_of(websocket).max_message_bytes
+    publish_limit = node_of(websocket).publish_limit
+    bucket = publish_limit.bucket()  # None when there is no limit
     code: int = CloseCode.NO_STATUS
     unyielded = 0
     try:
@@ -98,8 +122,16 @@ async def run_session(
                 code = CloseCode.MESSAGE_TOO_BIG
                 conn.close(code, f"message of {message.size} bytes exceeds {limit}")
                 break
-            stats.received()
-            on_message(service, conn, message)
+            if bucket is None or bucket.take():
+                stats.received()
+                on_message(service, conn, message)
+            elif bucket.exhausted:  # dropped, and the client keeps at it: closed
+                code = CloseCode.RATE_LIMITED
+                stats.rate_limited(conn, closing_over=publish_limit.describe())
+                conn.close(code, RATE_LIMITED_REASON)
+                break
+            else:  # over the publish rate: dropped and counted
+                stats.rate_limited(conn)
             unyielded += 1
             if unyielded == YIELD_EVERY:
                 unyielded = 0

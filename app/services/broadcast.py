@@ -15,6 +15,7 @@ from app.services.backends import Backend
 from app.services.close_codes import CloseCode
 from app.services.connection import Connection, OutboxLimits
 from app.services.direct_connection import Cork, DirectConnection
+from app.services.limits import AddressLimit, address_of
 from app.services.message import Message
 from app.services.protocol.encode import encode_gap
 from app.services.stats import StatsService
@@ -54,6 +55,8 @@ class BroadcastService:
         self.subscriptions = 0
         """fanout.v1 subscriptions on this worker (a socket with three channels counts 3)."""
         self._cork = Cork()
+        self.addresses = AddressLimit(settings.max_connections_per_ip)
+        """Sockets per client address (FANOUT_MAX_CONNECTIONS_PER_IP; empty when off)."""
 
     # -- connections -----------------------------------------------------------------------
 
@@ -93,6 +96,7 @@ class BroadcastService:
         else:
             conn = AsgiConnection(**common)
         self._connections[conn.id] = conn
+        self.addresses.add(address_of(conn.peer))
         if channel is not None:
             self._join(self._channels, channel, conn)
         self.stats.opened(conn)
@@ -102,6 +106,7 @@ class BroadcastService:
         """Forget a client whose session ended with ``code`` and release what it held."""
         if self._connections.pop(conn.id, None) is None:
             return
+        self.addresses.remove(address_of(conn.peer))
         if conn.channel is not None:
             self._leave(self._channels, conn.channel, conn)
         self.stats.closed(conn, conn.close_code if conn.close_code is not None else code)

@@ -37,6 +37,8 @@ class MessageFigures(msgspec.Struct):
     """Discarded because their receiver was closed as a slow consumer."""
     published_api: int = 0
     """Published through the HTTP API."""
+    rate_limited: int = 0
+    """Refused by the publish rate limit (dropped on raw sockets, 429 on fanout.v1)."""
 
 
 class WorkerInfo(msgspec.Struct):

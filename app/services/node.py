@@ -11,7 +11,9 @@ from app.services.broadcast import BroadcastService
 from app.services.cluster import ClusterView
 from app.services.figures import WorkerFigures
 from app.services.idempotency import create_idempotency_store
+from app.services.limits import PublishLimit
 from app.services.message import Message
+from app.services.origins import OriginPolicy
 from app.services.stats import StatsService
 
 
@@ -27,6 +29,14 @@ class Node:
         self.stats = StatsService(log_interval=settings.stats_log_interval)
         self.broadcast = BroadcastService(settings, backend, self.stats)
         self.idempotency = create_idempotency_store(settings, backend)
+        self.origins = OriginPolicy.from_setting(
+            settings.allowed_origins, require=settings.require_origin
+        )
+        """Which web pages may open a socket (checked at every handshake)."""
+        self.publish_limit = PublishLimit(
+            settings.client_publish_rate, settings.client_publish_burst
+        )
+        """Each socket's publish rate (a bucket per connection, None when off)."""
         self.cluster = ClusterView(
             worker_id=self.stats.worker_id,
             interval=settings.heartbeat_interval,

@@ -121,10 +121,24 @@ class StatsService:
             CloseCode.SLOW_CONSUMER,
         )
 
-    def rejected(self, reason: str, peer: str, path: str) -> None:
-        """A handshake was refused for ``reason``."""
+    def rejected(self, reason: str, peer: str, path: str, note: str = "") -> None:
+        """A handshake was refused for ``reason`` (``note``: what the log line adds)."""
         self.counters.rejected[reason] += 1
-        logger.warning("rejected %s from %s: %s", path, peer, reason)
+        logger.warning("rejected %s from %s: %s%s", path, peer, reason, note and f" ({note})")
+
+    def rate_limited(self, conn: Connection, closing_over: str = "") -> None:
+        """A message from ``conn`` was refused by the publish rate limit; ``closing_over``
+        (the limit) when the client is closed for it: the one line logged about it."""
+        self.counters.rate_limited += 1
+        if closing_over:
+            logger.warning(
+                "rate limited %s peer=%s id=%s: kept publishing over %s, closing with %d",
+                label(conn),
+                conn.peer,
+                self.client_id(conn),
+                closing_over,
+                CloseCode.RATE_LIMITED,
+            )
 
     def received(self) -> None:
         """One message arrived from a client."""
@@ -186,6 +200,7 @@ class StatsService:
                 delivered=c.delivered,
                 dropped=c.dropped,
                 published_api=c.api_published,
+                rate_limited=c.rate_limited,
             ),
             subscriptions=subscriptions,
             protocol_errors={str(code): n for code, n in sorted(c.protocol_errors.items())},

@@ -12,6 +12,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from app.services.close_codes import CloseCode
+from app.services.limits import RATE_LIMITED_REASON, PublishLimit
 from app.services.message import Message
 from app.services.protocol.commands import (
     AnyCommand,
@@ -35,6 +36,12 @@ if TYPE_CHECKING:
 LOGGED_ERRORS = 3
 """Protocol errors logged per connection; the rest are only counted."""
 
+_RATE_MESSAGE = "publish rate limit exceeded; slow down"
+
+
+class RateLimitExceeded(Exception):
+    """A client kept publishing over its rate: the session closes the socket with 4029."""
+
 
 class SessionState(Enum):
     """Where a fanout.v1 session is; only moves forward."""
@@ -56,10 +63,12 @@ class ProtocolSession:
     """
 
     __slots__ = (
+        "_bucket",
         "_conn",
         "_logged",
         "_max_bytes",
         "_max_subscriptions",
+        "_publish_limit",
         "_service",
         "channels",
         "state",
@@ -72,11 +81,14 @@ class ProtocolSession:
         *,
         max_subscriptions: int,
         max_message_bytes: int,
+        publish_limit: PublishLimit | None = None,
     ) -> None:
         self._service = service
         self._conn = conn
         self._max_subscriptions = max_subscriptions
         self._max_bytes = max_message_bytes
+        self._publish_limit = publish_limit
+        self._bucket = publish_limit.bucket() if publish_limit is not None else None
         self.channels: set[str] = set()
         """Channels this client is subscribed to."""
         self.state = SessionState.NEW
@@ -102,6 +114,8 @@ class ProtocolSession:
             self._error(exc)
         except FrameUnreadable as exc:
             return self._unreadable(exc)
+        except RateLimitExceeded:
+            return self._rate_limit_close()
         return None
 
     def on_binary(self, data: bytes) -> int | None:
@@ -119,6 +133,8 @@ class ProtocolSession:
             self._error(exc)
         except FrameUnreadable as exc:
             return self._unreadable(exc)
+        except RateLimitExceeded:
+            return self._rate_limit_close()
         return None
 
     def close(self) -> None:
@@ -188,6 +204,10 @@ class ProtocolSession:
         self._reply(command.id)
 
     def _publish(self, channel: str, message: Message, command: Pub | BinaryPub) -> None:
+        bucket = self._bucket
+        if bucket is not None and not bucket.take():
+            self._rate_limited(bucket.exhausted, command.id)
+            return
         # The built-in channel rule is publish = "subscribers": a client publishes where it
         # listens (the HTTP API may always publish).
         if channel not in self.channels:
@@ -207,6 +227,22 @@ class ProtocolSession:
     def _error(self, exc: ProtocolError) -> None:
         self._count_error(int(exc.code), exc.message)
         self._conn.offer(Message.from_utf8(encode_error(exc.code, exc.message, exc.id)))
+
+    def _rate_limited(self, exhausted: bool, id: int | None) -> None:
+        """A pub over FANOUT_CLIENT_PUBLISH_RATE: 429, counted, not logged (one line at the
+        close, if it comes to that); the client that keeps at it is closed with 4029."""
+        if exhausted:
+            raise RateLimitExceeded
+        self._service.stats.rate_limited(self._conn)
+        code = ErrorCode.TOO_MANY_REQUESTS
+        self._service.stats.protocol_error(self._conn, code, _RATE_MESSAGE, log=False)
+        self._conn.offer(Message.from_utf8(encode_error(code, _RATE_MESSAGE, id)))
+
+    def _rate_limit_close(self) -> int:
+        assert self._publish_limit is not None
+        self._service.stats.rate_limited(self._conn, self._publish_limit.describe())
+        self._conn.close(CloseCode.RATE_LIMITED, RATE_LIMITED_REASON)
+        return CloseCode.RATE_LIMITED
 
     def _unreadable(self, exc: FrameUnreadable) -> int:
         self._count_error(CloseCode.BAD_FRAME, exc.reason)
