@@ -24,7 +24,7 @@ from app.config import Settings, SettingsError
 from app.services.origins import OriginPolicy
 from tests.support.clients import assert_still_serving
 from tests.support.protocol import SUBPROTOCOL
-from tests.support.servers import OUTPUT, ServerProcess, StartServer
+from tests.support.servers import OUTPUT, SERVERS, ServerKind, ServerProcess, StartServer
 from tests.support.stats import fetch_stats
 
 if TYPE_CHECKING:
@@ -170,6 +170,24 @@ async def test_require_origin_refuses_clients_without_one(start_server: StartSer
     assert stats["rejected"] == {"origin": 1}
     assert "rejected /ws/echo from 127.0.0.1" in server.log()
     assert "origin (no Origin header)" in server.log()
+
+
+@pytest.fixture(params=list(SERVERS))
+def any_server_kind(request: pytest.FixtureRequest) -> Iterator[ServerKind]:
+    yield SERVERS[request.param]
+
+
+async def test_every_server_answers_a_foreign_origin_with_403(
+    any_server_kind: ServerKind,
+) -> None:
+    kind = any_server_kind
+    server = ServerProcess({"FANOUT_ALLOWED_ORIGINS": ALLOWED}, kind.args, kind.program).start()
+    try:
+        assert await _refused_status(server.ws("/ws/broadcast"), "https://evil.example.net") == 403
+        await _opens(server.ws("/ws/broadcast"), "https://app.example.com")
+        assert (await fetch_stats(server))["rejected"] == {"origin": 1}
+    finally:
+        server.stop()
 
 
 async def test_the_open_default_lets_every_origin_in(server: ServerProcess) -> None:

@@ -16,13 +16,14 @@ from collections.abc import Iterator
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.protocol import State
 
 from app.config import Settings, SettingsError
 from app.services import limits
 from app.services.limits import AddressLimit, PublishBucket, PublishLimit, address_of
 from tests.support.clients import assert_still_serving, receive_many
 from tests.support.protocol import v1_client
-from tests.support.servers import ServerProcess, StartServer
+from tests.support.servers import SERVERS, ServerProcess, StartServer
 from tests.support.stats import fetch_stats, total_is
 from tests.support.waiting import eventually
 
@@ -143,6 +144,18 @@ def _binary_publish(command_id: int, channel: str, payload: bytes) -> bytes:
     return struct.pack("!BIB", 0x02, command_id, len(name)) + name + payload
 
 
+async def _close_code(ws: websockets.ClientConnection) -> int | None:
+    """The code of the close frame ``ws`` received, None if the connection ended without one.
+
+    Waits for the frame, not the TCP close: hypercorn closes TCP only after the client does,
+    so waiting for that would wait out the client's own close timeout.
+    """
+    assert await eventually(
+        lambda: ws.protocol.close_rcvd is not None or ws.protocol.state is State.CLOSED
+    )
+    return ws.protocol.close_rcvd.code if ws.protocol.close_rcvd is not None else None
+
+
 def _rate_lines(server: ServerProcess) -> list[str]:
     return [line for line in server.log().splitlines() if "rate limited" in line]
 
@@ -192,9 +205,9 @@ async def test_a_ws_client_that_keeps_publishing_over_the_rate_is_closed_with_40
         with contextlib.suppress(ConnectionClosed):  # closed while it is still sending
             for i in range(1000):
                 await flood.ws.send(json.dumps({"op": "pub", "ch": "flood", "text": str(i)}))
-        await asyncio.wait_for(flood.ws.wait_closed(), 10)
-        assert flood.ws.close_code == 4029
-        assert flood.ws.close_reason == "publish rate limit exceeded"
+        assert await _close_code(flood.ws) == 4029
+        assert flood.ws.protocol.close_rcvd is not None
+        assert flood.ws.protocol.close_rcvd.reason == "publish rate limit exceeded"
     after = await fetch_stats(limited)
     assert after["closes"].get("4029", 0) - before["closes"].get("4029", 0) == 1
     # Three published, four refused (the fourth refusal within the refill closes it).
@@ -237,8 +250,7 @@ async def test_a_raw_client_that_keeps_sending_over_the_rate_is_closed_with_4029
         with contextlib.suppress(ConnectionClosed):
             for i in range(1000):
                 await flood.send(f"f{i}")
-        await asyncio.wait_for(flood.wait_closed(), 10)
-        assert flood.close_code == 4029
+        assert await _close_code(flood) == 4029
         assert await receive_many(reader, 3) == ["f0", "f1", "f2"]
     after = await fetch_stats(limited)
     assert after["closes"].get("4029", 0) - before["closes"].get("4029", 0) == 1
@@ -247,6 +259,27 @@ async def test_a_raw_client_that_keeps_sending_over_the_rate_is_closed_with_4029
     assert len(lines) == 1, lines
     assert "rate limited broadcast#raw-flood peer=127.0.0.1" in lines[0]
     await assert_still_serving(limited)
+
+
+@pytest.mark.parametrize("kind", list(SERVERS))
+async def test_every_server_closes_a_flooding_client_with_4029(kind: str) -> None:
+    program, args, _path = SERVERS[kind]
+    server = ServerProcess(RATE, args, program).start()
+    try:
+        async with websockets.connect(server.ws("/ws/echo")) as flood:
+            with contextlib.suppress(ConnectionClosed):
+                for i in range(1000):
+                    await flood.send(f"e{i}")
+            code = await _close_code(flood)
+            # On a starved machine hypercorn sometimes drops the TCP connection of a client
+            # that floods it without the close frame Fanout sent (seen under load, any close
+            # code); the server's own count below is the check there.
+            assert code == 4029 or (program == "hypercorn" and code is None), code
+        stats = await fetch_stats(server)
+        assert stats["closes"] == {"4029": 1} and stats["messages"]["rate_limited"] == 4
+        await assert_still_serving(server)
+    finally:
+        server.stop()
 
 
 async def test_without_a_rate_nothing_is_refused(server: ServerProcess) -> None:
