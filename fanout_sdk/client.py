@@ -879,6 +879,9 @@ class Client:
                     return
         except ConnectionClosed:
             pass
+        finally:
+            # Whatever waits for a reply on this socket will not get one.
+            self._fail_pending(DisconnectedError(ws.close_code, ws.close_reason or ""))
 
     def _on_text(self, body: dict[str, Any]) -> None:
         command_id = body.get("id")
