@@ -33,7 +33,7 @@ from app.services.protocol.commands import BAD_CHANNEL_MESSAGE, valid_channel
 logger = logging.getLogger(LOGGER_NAME)
 
 JSON: Final = "application/json"
-METHODS: Final = ("/api/publish", "/api/broadcast")
+METHODS: Final = ("/api/publish", "/api/broadcast", "/api/drain")
 """The API's paths (besides /api/publish/{channel}), for 405 against 404."""
 _NOT_ALLOWED: Final = HTTPStatus.METHOD_NOT_ALLOWED
 _ALL_METHODS: Final = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]

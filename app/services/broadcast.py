@@ -62,6 +62,10 @@ class BroadcastService:
         """Open WebSocket connections on this worker."""
         return len(self._connections)
 
+    def connections(self) -> list[Connection]:
+        """This worker's registered connections (a copy), oldest first."""
+        return list(self._connections.values())
+
     def has_capacity(self) -> bool:
         """Whether one more connection fits under FANOUT_MAX_CONNECTIONS."""
         limit = self.settings.max_connections

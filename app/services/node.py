@@ -10,6 +10,7 @@ from app.services.backends import Backend
 from app.services.backends.base import CONTROL_CHANNEL
 from app.services.broadcast import BroadcastService
 from app.services.cluster import ClusterView
+from app.services.drain import Drain
 from app.services.figures import WorkerFigures
 from app.services.idempotency import create_idempotency_store
 from app.services.message import Message
@@ -41,12 +42,19 @@ class Node:
         self.stats = StatsService(log_interval=settings.stats_log_interval)
         self.broadcast = BroadcastService(settings, backend, self.stats)
         self.idempotency = create_idempotency_store(settings, backend)
+        self.drain = Drain(
+            seconds=settings.drain_seconds,
+            close_timeout=settings.close_timeout,
+            connections=self.broadcast.connections,
+            on_close=self.stats.drained,
+        )
         self.cluster = ClusterView(
             worker_id=self.stats.worker_id,
             interval=settings.heartbeat_interval,
             expiry=settings.heartbeat_expiry,
             publish=backend.publish,
             snapshot=self.figures,
+            on_drain=self._drain_ordered,
         )
 
     async def start(self) -> None:
@@ -57,18 +65,31 @@ class Node:
         await self.cluster.start()
 
     async def stop(self) -> None:
-        """Say goodbye, close every connection with 1001, disconnect, stop reporting."""
+        """Say goodbye, close every connection with 1001, disconnect, stop reporting.
+
+        A drain still under way (a second SIGTERM hurried the shutdown) is cancelled.
+        """
+        await self.drain.stop()
         await self.cluster.stop()
         await self.broadcast.close_all()
         await self.backend.stop()
         await self.idempotency.stop()
         await self.stats.stop()
 
+    def drain_server(self) -> bool:
+        """``POST /api/drain``: drain this worker and tell the other workers of its server to
+        drain too; False if this worker was already draining."""
+        self.cluster.send_drain()
+        return self.drain.start("POST /api/drain")
+
     def figures(self) -> WorkerFigures:
         """This worker's own figures (its heartbeat)."""
         broadcast = self.broadcast
         return self.stats.figures(
-            broadcast.channel_sizes(), broadcast.subscriptions, self.backend.status()
+            broadcast.channel_sizes(),
+            broadcast.subscriptions,
+            self.backend.status(),
+            self.drain.draining,
         )
 
     def every_worker(self) -> list[tuple[float, WorkerFigures]]:
@@ -78,6 +99,9 @@ class Node:
     def cluster_figures(self) -> dict[str, Any]:
         """/stats: this worker's figures added up with every other live worker's."""
         return self.cluster.merged(self.figures())
+
+    def _drain_ordered(self, sender: str) -> None:
+        self.drain.start(f"told by worker {sender}")
 
     def _from_backend(self, channel: str, message: Message) -> None:
         if channel == CONTROL_CHANNEL:
