@@ -389,8 +389,12 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     for name in sorted(env):
         if not name.startswith("FANOUT_") or name in known or name in NOT_SETTINGS:
             continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]}?" if close else "the settings are listed in README.md"
+        # Compared without the prefix every name shares, which would make any two look alike.
+        suffixes = [k.removeprefix("FANOUT_") for k in known]
+        close = difflib.get_close_matches(name.removeprefix("FANOUT_"), suffixes, n=1, cutoff=0.6)
+        hint = (
+            f"did you mean FANOUT_{close[0]}?" if close else "the settings are listed in README.md"
+        )
         warnings.append(f"{name} is not a Fanout setting and is ignored; {hint}")
     return warnings
 
