@@ -14,8 +14,10 @@ SIGTERM starts the application's drain, and uvicorn's own handler is called once
 is done; uvicorn's shutdown then finds no socket left and goes on as usual (including its
 re-raise of the signal, so a single process still ends with SIGTERM's status; a
 ``--workers`` supervisor exits 0). A second SIGTERM during the drain calls uvicorn's
-handler at once (uvicorn then closes what is left with its plain 1012). SIGINT (Ctrl-C)
-is left to uvicorn: stopping at once is what a developer at a terminal wants.
+handler at once (uvicorn then closes what is left with its plain 1012), and so does a
+SIGTERM once uvicorn is already stopping. SIGINT (Ctrl-C) is left to uvicorn: stopping at
+once is what a developer at a terminal wants (with ``--workers``, Ctrl-C reaches every
+worker as SIGINT, and the SIGTERM the supervisor sends next finds them stopping).
 
 ``--timeout-graceful-shutdown`` only starts counting once uvicorn's handler ran, so it
 would not bound the drain; the drain window is therefore capped at it where it is set (see
@@ -100,9 +102,9 @@ def drain_on_sigterm(drain: Callable[[float | None], Awaitable[None]]) -> Sigter
     def handler(sig: int, frame: FrameType | None) -> None:
         # A signal handler runs between two bytecodes of whatever the main thread was
         # doing, the event loop included: hand the work to the loop, do nothing here.
-        if hook._task is None:
+        if hook._task is None and not server.should_exit:
             loop.call_soon_threadsafe(start)
-        else:  # a second SIGTERM: stop waiting for the drain
+        else:  # a second SIGTERM, or uvicorn is already stopping (SIGINT): no drain
             loop.call_soon_threadsafe(chain)
 
     try:
