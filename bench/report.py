@@ -342,6 +342,8 @@ def broker_rows(doc: dict[str, Any], servers: list[str]) -> list[tuple[str, dict
         raw = f"fanout-{n}"
         add(f"raw `/ws/broadcast` deliveries/s, {n:,} subscribers", raw, _deliveries)
         add(f"fanout.v1 `/ws` deliveries/s, {n:,} subscribers", key, _deliveries)
+        add(f"raw: server CPU ns/delivery, {n:,} subscribers", raw, _ns_per_delivery)
+        add(f"fanout.v1: server CPU ns/delivery, {n:,} subscribers", key, _ns_per_delivery)
         ratios: dict[str, Any] = {}
         for s in servers:
             a, b = _by_repeat(doc, key, s), _by_repeat(doc, raw, s)
@@ -368,6 +370,13 @@ def broker_rows(doc: dict[str, Any], servers: list[str]) -> list[tuple[str, dict
 
 def _deliveries(r: dict[str, Any]) -> float | None:
     return float(r["deliveries_per_s"])
+
+
+def _ns_per_delivery(r: dict[str, Any]) -> float | None:
+    """The server's CPU time per delivery: what a run costs, less sensitive than the rate
+    to other work on a shared machine."""
+    cpu, rate = r.get("server_cpu_util"), r.get("deliveries_per_s")
+    return 1e9 * cpu / rate if cpu and rate else None
 
 
 def broker_goals(doc: dict[str, Any]) -> str:
@@ -436,10 +445,9 @@ def broker_section(doc: dict[str, Any], path: Path, notes: str = "") -> str:
         a = med([r["deliveries_per_s"] for r in runs["fanout-1000"].get(BASE, [])])
         if b.get("n") and a.get("n"):
             before = (
-                f"\nRaw fan-out before and after the broker changes, same run: "
-                f"{fmt(b['median'])} deliveries/s (`fanout-before`: "
-                f"{doc['servers']['fanout-before']}) -> {fmt(a['median'])} (`fanout`), "
-                f"x{a['median'] / b['median']:.2f}, 1,000 subscribers, raw `/ws/broadcast`.\n"
+                f"\nRaw fan-out (`/ws/broadcast`, 1,000 subscribers) before and after the broker"
+                f" changes in the same run: {cell(b, None)} deliveries/s with `fanout-before`"
+                f" -> {cell(a, None)} with `fanout` (x{a['median'] / b['median']:.2f}).\n"
             )
     busy = [r["busy_before"] for r in doc["runs"] if "busy_before" in r]
     loads = [r["loadavg_before"] for r in doc["runs"] if "loadavg_before" in r]
@@ -462,9 +470,7 @@ def broker_section(doc: dict[str, Any], path: Path, notes: str = "") -> str:
         compare_cmd = f"BENCH_FANOUT_DIR={server_dir} BENCH_FANOUT_COMMIT={commit} {compare_cmd}"
     if "fanout-before" in doc["servers"]:
         base_dir = doc["servers"]["fanout-before"].split(" at ", 1)[-1].split(",", 1)[0]
-        cmds.append(
-            f"mkdir -p {base_dir} && git -C <main checkout> archive main | tar -x -C {base_dir}"
-        )
+        cmds.append(f"mkdir -p {base_dir} && git archive main | tar -x -C {base_dir}")
         if "BENCH_BASELINE_DIR" not in compare_cmd:
             compare_cmd = f"BENCH_BASELINE_DIR={base_dir} {compare_cmd}"
     cmds.append(compare_cmd)
@@ -490,7 +496,9 @@ alternating; one-worker servers pinned to core 0, the clients to core 1.
   sends `{{"channel":"news","data":D}}` with `X-API-Key`; two fanout.v1 subscribers on `news`
   count the publications that arrive. `GET /healthz` (a plain Starlette `JSONResponse` route
   on the same server) is the baseline: the difference is what the API itself costs.
-  Server CPU us/request = the server's CPU time over the window / requests answered.
+  Server CPU us/request = the server's CPU time over the window / requests answered (and
+  ns/delivery likewise): the cost of a request or a delivery, which other work on a shared
+  machine moves less than it moves the rates.
 {before}
 {chr(10).join(lines)}
 

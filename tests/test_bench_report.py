@@ -161,7 +161,7 @@ def test_broker_section_is_spliced_into_the_existing_page(tmp_path: Path) -> Non
     assert "| fanout.v1 / raw, 1,000 subscribers (per repeat) | - | 0.90 ±0% |" in md
     assert "| `POST /api/publish` requests/s | - | 15,000 ±0% |" in md
     assert "| `GET /healthz` server CPU us/request | - | 35.0 ±0% |" in md
-    assert "x1.00, 1,000 subscribers" in md  # raw before/after
+    assert "with `fanout` (x1.00)" in md  # raw before/after
     assert "| `POST /api/publish` requests/s, keep-alive | ≥ 10,000 | 15,000 | met |" in md
     assert "| fanout.v1 / raw `/ws/broadcast`, same run | ≥ 0.80 | 0.90 | met |" in md
     # Again: replaced in place, not appended.
