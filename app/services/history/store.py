@@ -41,8 +41,9 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class Retention:
-    """How much of a channel's history to keep: ``size`` publications, ``ttl`` seconds
-    (0: no time limit) after the newest one."""
+    """How much of a channel's history to keep: at most ``size`` publications, each for
+    ``ttl`` seconds after it was appended (0: no time limit); a channel with nothing kept
+    for ``ttl`` seconds is forgotten, epoch included."""
 
     size: int
     ttl: float
@@ -57,9 +58,7 @@ class HistoryStore(Protocol):
     async def stop(self) -> None:
         """Release it; every task and thread the store owns ends."""
 
-    async def append(
-        self, channel: str, kind: str, data: bytes, retention: Retention
-    ) -> Position:
+    async def append(self, channel: str, kind: str, data: bytes, retention: Retention) -> Position:
         """Store one publication under the channel's next offset, atomically; trim to
         ``retention``. Returns the publication's own position (its offset and the epoch).
         Raises :class:`HistoryUnavailable` when the store cannot be reached."""
