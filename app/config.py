@@ -7,6 +7,7 @@ import difflib
 import errno
 import importlib.util
 import logging
+import math
 import multiprocessing
 import os
 import re
@@ -74,6 +75,11 @@ class Settings:
     """WebSocket connections one worker accepts; more are refused with HTTP 503."""
     close_timeout: float = 3.0
     """Seconds a closing client gets to take its close frame before the socket is aborted."""
+    drain_seconds: float = 10.0
+    """Seconds over which a drain (SIGTERM under uvicorn, or ``POST /api/drain``) closes the
+    open sockets with 1012, in small batches, so clients do not all reconnect at once; 0
+    closes them all at once. Under uvicorn a SIGTERM drains first and only then lets
+    uvicorn shut down: the process takes up to this plus FANOUT_CLOSE_TIMEOUT to stop."""
     handshake_timeout: float = 10.0
     """Seconds a connection gets to send a complete request line and headers (the WebSocket
     handshake or any HTTP request, and the next request on a kept-alive connection);
@@ -191,6 +197,12 @@ class Settings:
         ):
             if not getattr(self, name) > 0:  # also refuses nan
                 raise SettingsError(name, getattr(self, name), "expected seconds > 0")
+        if not (self.drain_seconds >= 0 and math.isfinite(self.drain_seconds)):
+            raise SettingsError(
+                "drain_seconds",
+                self.drain_seconds,
+                "expected seconds >= 0 (0: close every socket at once)",
+            )
         if self.stats_log_interval < 0:
             raise SettingsError(
                 "stats_log_interval", self.stats_log_interval, "expected seconds >= 0 (0: off)"
@@ -326,7 +338,7 @@ def _exit_bad_setting(error: SettingsError, env: Mapping[str, str]) -> NoReturn:
     ends the supervisor with SIGKILL (exit status 137: the only way to make it non-zero
     from a worker); its siblings fail the same way and exit quietly.
     """
-    supervisor = _uvicorn_supervisor()
+    supervisor = uvicorn_supervisor()
     if supervisor is None or (_first_worker("failed") and supervisor.is_alive()):
         from app.logging_setup import format_line
 
@@ -339,7 +351,7 @@ def _exit_bad_setting(error: SettingsError, env: Mapping[str, str]) -> NoReturn:
     sys.exit(STARTUP_FAILURE)
 
 
-def _uvicorn_supervisor() -> multiprocessing.process.BaseProcess | None:
+def uvicorn_supervisor() -> multiprocessing.process.BaseProcess | None:
     """The uvicorn --workers supervisor this process is a worker of, if it is one."""
     parent = multiprocessing.parent_process()
     if parent is None or "uvicorn.supervisors.multiprocess" not in sys.modules:
@@ -377,8 +389,12 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     for name in sorted(env):
         if not name.startswith("FANOUT_") or name in known or name in NOT_SETTINGS:
             continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]}?" if close else "the settings are listed in README.md"
+        # Compared without the prefix every name shares, which would make any two look alike.
+        suffixes = [k.removeprefix("FANOUT_") for k in known]
+        close = difflib.get_close_matches(name.removeprefix("FANOUT_"), suffixes, n=1, cutoff=0.6)
+        hint = (
+            f"did you mean FANOUT_{close[0]}?" if close else "the settings are listed in README.md"
+        )
         warnings.append(f"{name} is not a Fanout setting and is ignored; {hint}")
     return warnings
 

@@ -46,6 +46,7 @@ async def fanout_v1(websocket: WebSocket) -> None:
         service,
         conn,
         auth=node.auth,
+        history=node.history,
         identity=identity,
         require_auth=settings.require_auth,
         max_subscriptions=settings.max_subscriptions,
@@ -77,7 +78,7 @@ async def fanout_v1(websocket: WebSocket) -> None:
     except WebSocketDisconnect as exc:
         code = exc.code
     finally:
-        session.close()
+        await session.aclose()
         await service.disconnect(conn, code)
 
 

@@ -16,11 +16,15 @@ from app.server.socket import ServerSocket
 from app.services.broadcast import BroadcastService, peer_of
 from app.services.close_codes import CloseCode
 from app.services.connection import Connection
+from app.services.drain import close_reason
 from app.services.message import Message
 from app.services.tokens import LEEWAY, Identity, TokenError
 
 OnMessage = Callable[[BroadcastService, Connection, Message], None]
 """What a socket route does with each message a client sends."""
+
+DRAINING = "draining"
+"""The refusal reason (and /stats ``rejected`` key) of a handshake during a drain."""
 
 V1_ENDPOINT = "ws"
 """The endpoint name of ``WS /ws`` (fanout.v1), whose refusals use its error shape."""
@@ -40,19 +44,24 @@ async def deny(
     reason: str,
     detail: str,
     body: dict[str, Any] | None = None,
+    retry_after: int = 1,
 ) -> None:
     """Refuse a handshake with an HTTP status, or a close code where the server can't.
 
     The body is ``{"error": reason, "detail": detail}`` (the raw sockets' shape) unless
-    ``body`` is given (fanout.v1's ``{"error": {"code", "message"}}``).
+    ``body`` is given (fanout.v1's ``{"error": {"code", "message"}}``). A 503 carries
+    ``Retry-After: retry_after``.
     """
     stats_service(websocket).rejected(reason, peer_of(websocket), websocket.url.path)
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        headers = {"Retry-After": "1"} if status == 503 else None
+        headers = {"Retry-After": str(retry_after)} if status == 503 else None
         content = body if body is not None else {"error": reason, "detail": detail}
         response = JSONResponse(content, status, headers=headers)
         await websocket.send_denial_response(response)
         ServerSocket(websocket.scope).denial_sent()
+    elif reason == DRAINING:
+        hint = close_reason(retry_after)
+        await websocket.close(CloseCode.SERVICE_RESTART, hint)
     else:
         code = CloseCode.TRY_AGAIN_LATER if status == 503 else CloseCode.POLICY_VIOLATION
         await websocket.close(code, detail)
@@ -64,12 +73,17 @@ async def admit(
     """Register a client (its handshake not yet accepted) and say who it is, or refuse it
     with an HTTP status and return None.
 
-    Refusals: 503 at the worker's connection limit; 401 for an invalid ``?token=`` (or
-    none, on a raw socket where FANOUT_REQUIRE_AUTH is on: ``/ws`` may still ``connect``);
-    401/403 where the channel's rules do not let this client subscribe.
+    Refusals: 503 while the worker drains, and at its connection limit; 401 for an invalid
+    ``?token=`` (or none, on a raw socket where FANOUT_REQUIRE_AUTH is on: ``/ws`` may still
+    ``connect``); 401/403 where the channel's rules do not let this client subscribe.
     """
     node = node_of(websocket)
     v1 = endpoint == V1_ENDPOINT
+    if node.drain.draining:
+        await refuse(
+            websocket, 503, DRAINING, "server draining; reconnect", v1, node.drain.retry_after()
+        )
+        return None
     if not node.broadcast.has_capacity():
         await refuse(websocket, 503, "capacity", "server at its connection limit; retry later", v1)
         return None
@@ -93,10 +107,12 @@ async def admit(
     return node.broadcast.connect(websocket, endpoint=endpoint, channel=channel), identity
 
 
-async def refuse(websocket: WebSocket, status: int, reason: str, detail: str, v1: bool) -> None:
+async def refuse(
+    websocket: WebSocket, status: int, reason: str, detail: str, v1: bool, retry_after: int = 1
+) -> None:
     """:func:`deny` with the body shape of the socket's kind (fanout.v1's on ``/ws``)."""
     body = {"error": {"code": status, "message": detail}} if v1 else None
-    await deny(websocket, status, reason, detail, body)
+    await deny(websocket, status, reason, detail, body, retry_after)
 
 
 def expire_at_exp(conn: Connection, identity: Identity | None) -> asyncio.TimerHandle | None:

@@ -30,3 +30,5 @@ class Counters:
     """fanout.v1 commands refused (by error code) and unreadable frames (4501)."""
     api_published: int = 0
     """Messages published through the HTTP API."""
+    drained: int = 0
+    """Connections closed with 1012 by a drain (SIGTERM, POST /api/drain)."""

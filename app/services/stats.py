@@ -189,6 +189,10 @@ class StatsService:
                 message[:200],
             )
 
+    def drained(self) -> None:
+        """A drain closed one connection with 1012."""
+        self.counters.drained += 1
+
     def api_published(self) -> None:
         """A message was published through the HTTP API."""
         self.counters.api_published += 1
@@ -196,10 +200,14 @@ class StatsService:
     # -- figures ----------------------------------------------------------------------------
 
     def figures(
-        self, channels: Mapping[str, int], subscriptions: int, backend: dict[str, Any]
+        self,
+        channels: Mapping[str, int],
+        subscriptions: int,
+        backend: dict[str, Any],
+        draining: bool = False,
     ) -> WorkerFigures:
         """This worker's figures, given its channels' subscriber counts, its fanout.v1
-        subscriptions and its backend's status."""
+        subscriptions, its backend's status and whether it is draining."""
         c = self.counters
         uptime = round(self.uptime(), 3)
         return WorkerFigures(
@@ -223,6 +231,7 @@ class StatsService:
             gap_notices=self.gap_notices,
             connections_opened=c.connections_opened,
             handshake_timeouts=c.handshake_timeouts,
+            drained=c.drained,
             rejected=dict(sorted(c.rejected.items())),
             closes={str(code): n for code, n in sorted(c.closes.items())},
             http_errors={str(status): n for status, n in sorted(c.http_errors.items())},
@@ -237,6 +246,7 @@ class StatsService:
                 connections=self.connections,
                 uptime_seconds=uptime,
                 gc=self.gc_monitor.snapshot(),
+                draining=draining,
             ),
         )
 
