@@ -202,13 +202,13 @@ async def test_a_dropped_connection_recovers_what_was_published_meanwhile_from_h
     server = start_server(env={"FANOUT_API_KEYS": API_KEY, "FANOUT_CONFIG": str(rules)})
     api = FanoutApi(server.base, API_KEY)
     async with Client(server.ws("/ws"), min_delay=0.5, max_delay=1.0) as client:
+        sub = await client.subscribe("hist.a")
         try:
-            await client.history("hist.a")
+            await client.history("hist.a")  # a subscriber may read it
         except CommandError as exc:
             if exc.code == 404:
                 pytest.skip(f"the server has no history yet (history answered 404: {exc})")
             raise
-        sub = await client.subscribe("hist.a")
         await asyncio.to_thread(api.publish, "hist.a", 1)
         assert (await sub.get(within=5)).data == 1
         ws = client._ws
