@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import errno
 import importlib.util
@@ -20,12 +21,21 @@ from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from app.services.origins import OriginPolicy
+from app.services.rules import ChannelRules, RulesError
 
 T = TypeVar("T")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _GROUP_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+_ADMIN_KEY = re.compile(r"[\x21-\x7e]+")
+"""What an HTTP header carries as one token: visible ASCII, no spaces."""
+HIDDEN = "<hidden>"
+SECRET_VARIABLES = frozenset(
+    {"FANOUT_ADMIN_KEY", "FANOUT_API_KEYS", "FANOUT_TOKEN_HMAC_SECRET", "FANOUT_TOKEN_PUBLIC_KEY"}
+)
+"""Variables whose value an error line never shows (a key, or a PEM too long for one line)."""
+"""How an error line shows a secret's value."""
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 LOG_FORMATS = ("text", "json")
 BACKEND_SCHEMES = ("memory", "local", "redis", "rediss", "unix")
@@ -66,6 +76,15 @@ class Settings:
     """WebSocket connections one worker accepts; more are refused with HTTP 503."""
     close_timeout: float = 3.0
     """Seconds a closing client gets to take its close frame before the socket is aborted."""
+    drain_seconds: float = 10.0
+    """Seconds over which a drain (SIGTERM under uvicorn, or ``POST /api/drain``) closes the
+    open sockets with 1012, in small batches, so clients do not all reconnect at once; 0
+    closes them all at once. Under uvicorn a SIGTERM drains first and only then lets
+    uvicorn shut down: the process takes up to this plus FANOUT_CLOSE_TIMEOUT to stop."""
+    handshake_timeout: float = 10.0
+    """Seconds a connection gets to send a complete request line and headers (the WebSocket
+    handshake or any HTTP request, and the next request on a kept-alive connection);
+    a connection that takes longer (slowloris) is closed and counted. uvicorn only."""
     stats_log_interval: float = 3.0
     """Seconds between 'connections: N' log lines; 0 turns them off."""
     log_level: str = ""
@@ -99,11 +118,33 @@ class Settings:
     """redis://: messages that may wait to be published; beyond it they are dropped (counted)."""
     redis_reconnect_max: float = 2.0
     """redis://: longest pause, in seconds, between attempts to reconnect to Redis."""
+    redis_timeout: float = 2.0
+    """redis://: seconds Redis may take to answer (a connect, a write, a health-check ping on
+    a quiet subscription) before the connection counts as lost: a Redis that hangs without
+    closing (stopped, behind a network black hole) is reported down within about this long."""
     max_subscriptions: int = 128
     """fanout.v1: channels one connection may subscribe to; one more is refused with 429."""
-    api_keys: str = ""
+    api_keys: str = dataclasses.field(default="", repr=False)
     """Keys for the HTTP API (POST /api/*), comma separated (several, for rotation); empty
     disables the API (403)."""
+    config: str = ""
+    """Path of the channel rules file (TOML, ``[[channels]]`` tables); empty: the built-in
+    rule only (anyone subscribes, subscribers publish)."""
+    token_hmac_secret: str = dataclasses.field(default="", repr=False)
+    """Secret for HS256 tokens (connection and subscription JWTs)."""
+    token_public_key: str = ""
+    """Public key for RS256/ES256 tokens: the PEM text, or the path of a PEM file."""
+    token_audience: str = ""
+    """When set, a token's ``aud`` must name it."""
+    token_issuer: str = ""
+    """When set, a token's ``iss`` must be it."""
+    require_auth: bool = False
+    """Refuse sockets without a valid connection token (HTTP 401 at the handshake; on
+    /ws, close 4500 unless the first command is a ``connect`` with a valid token)."""
+    admin_key: str = dataclasses.field(default="", repr=False)
+    """When set, /stats and /metrics answer only requests that present it (``X-Admin-Key: K``
+    or ``Authorization: Bearer K``); empty leaves them open. Never shown: not in the
+    settings' repr, not in an error line, not in a log line."""
     allowed_origins: str = ""
     """Web pages that may open a socket, by origin, comma separated: exact
     (``https://app.example.com``) or every subdomain of a domain (``https://*.example.com``);
@@ -138,6 +179,8 @@ class Settings:
             raw = env.get(exc.variable, "").strip()
             if exc.variable == "FANOUT_BACKEND":
                 raw = _redact(raw)  # never print a password
+            elif exc.variable in SECRET_VARIABLES:
+                raw = HIDDEN
             if raw:
                 raise SettingsError(exc.variable[len("FANOUT_") :], raw, exc.allowed) from None
             raise
@@ -175,12 +218,20 @@ class Settings:
             raise SettingsError("allowed_origins", self.allowed_origins, str(exc)) from None
         for name in (
             "close_timeout",
+            "handshake_timeout",
             "local_scan_interval",
             "heartbeat_interval",
             "redis_reconnect_max",
+            "redis_timeout",
         ):
-            if getattr(self, name) <= 0:
+            if not getattr(self, name) > 0:  # also refuses nan
                 raise SettingsError(name, getattr(self, name), "expected seconds > 0")
+        if not (self.drain_seconds >= 0 and math.isfinite(self.drain_seconds)):
+            raise SettingsError(
+                "drain_seconds",
+                self.drain_seconds,
+                "expected seconds >= 0 (0: close every socket at once)",
+            )
         if self.stats_log_interval < 0:
             raise SettingsError(
                 "stats_log_interval", self.stats_log_interval, "expected seconds >= 0 (0: off)"
@@ -200,6 +251,11 @@ class Settings:
         if self.log_format.lower() not in LOG_FORMATS:
             raise SettingsError("log_format", self.log_format, "expected text or json")
         self._validate_backend()
+        self._validate_tokens()
+        if self.admin_key and not _ADMIN_KEY.fullmatch(self.admin_key):
+            raise SettingsError(
+                "admin_key", HIDDEN, "expected visible ASCII characters (no spaces), or empty"
+            )
         if self.local_group and not _GROUP_NAME.fullmatch(self.local_group):
             raise SettingsError(
                 "local_group",
@@ -222,10 +278,56 @@ class Settings:
                 "backend", _redact(self.backend), "needs redis-py: pip install 'fanout[redis]'"
             )
 
+    def _validate_tokens(self) -> None:
+        if self.token_hmac_secret and self.token_public_key:
+            raise SettingsError(
+                "token_public_key", HIDDEN, "set FANOUT_TOKEN_HMAC_SECRET or this, not both"
+            )
+        key = self.token_public_key
+        if key and "-----BEGIN" not in key:
+            path = Path(key)
+            if not path.is_file():
+                raise SettingsError("token_public_key", key, "expected PEM text or a PEM file")
+            key = path.read_text()
+        if key:
+            from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+            try:
+                load_pem_public_key(key.encode())
+            except ValueError:
+                raise SettingsError(
+                    "token_public_key", HIDDEN, "not a PEM public key (RSA or EC)"
+                ) from None
+        if self.require_auth and not (self.token_hmac_secret or self.token_public_key):
+            raise SettingsError(
+                "require_auth",
+                "true",
+                "needs FANOUT_TOKEN_HMAC_SECRET or FANOUT_TOKEN_PUBLIC_KEY to check tokens",
+            )
+
     @property
     def log_level_name(self) -> str | None:
         """FANOUT_LOG_LEVEL as a logging level name, or None to follow uvicorn."""
         return self.log_level.upper() or None
+
+
+def load_channel_rules(settings: Settings) -> ChannelRules:
+    """The channel rules of FANOUT_CONFIG (the built-in rule alone when it is unset).
+
+    A file that cannot be read or used is a SettingsError naming the file, the line where
+    TOML reports one, and the reason.
+    """
+    if not settings.config:
+        return ChannelRules()
+    try:
+        text = Path(settings.config).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SettingsError("config", settings.config, f"cannot read it: {reason}") from None
+    try:
+        return ChannelRules.from_toml(text)
+    except RulesError as exc:
+        raise SettingsError("config", settings.config, str(exc)) from None
 
 
 STARTUP_FAILURE = 3
@@ -245,7 +347,10 @@ def build_or_exit(factory: Callable[[Settings], T], environ: Mapping[str, str] |
         settings = Settings.from_env(env)
     except SettingsError as exc:
         _exit_bad_setting(exc, env)
-    built = factory(settings)
+    try:
+        built = factory(settings)
+    except SettingsError as exc:  # what the factory loads from the settings (FANOUT_CONFIG)
+        _exit_bad_setting(exc, env)
     warnings = unknown_variables(env)
     if warnings and _first_worker("warned"):
         for warning in warnings:
@@ -262,7 +367,7 @@ def _exit_bad_setting(error: SettingsError, env: Mapping[str, str]) -> NoReturn:
     ends the supervisor with SIGKILL (exit status 137: the only way to make it non-zero
     from a worker); its siblings fail the same way and exit quietly.
     """
-    supervisor = _uvicorn_supervisor()
+    supervisor = uvicorn_supervisor()
     if supervisor is None or (_first_worker("failed") and supervisor.is_alive()):
         from app.logging_setup import format_line
 
@@ -275,7 +380,7 @@ def _exit_bad_setting(error: SettingsError, env: Mapping[str, str]) -> NoReturn:
     sys.exit(STARTUP_FAILURE)
 
 
-def _uvicorn_supervisor() -> multiprocessing.process.BaseProcess | None:
+def uvicorn_supervisor() -> multiprocessing.process.BaseProcess | None:
     """The uvicorn --workers supervisor this process is a worker of, if it is one."""
     parent = multiprocessing.parent_process()
     if parent is None or "uvicorn.supervisors.multiprocess" not in sys.modules:
@@ -313,8 +418,12 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     for name in sorted(env):
         if not name.startswith("FANOUT_") or name in known or name in NOT_SETTINGS:
             continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]}?" if close else "the settings are listed in README.md"
+        # Compared without the prefix every name shares, which would make any two look alike.
+        suffixes = [k.removeprefix("FANOUT_") for k in known]
+        close = difflib.get_close_matches(name.removeprefix("FANOUT_"), suffixes, n=1, cutoff=0.6)
+        hint = (
+            f"did you mean FANOUT_{close[0]}?" if close else "the settings are listed in README.md"
+        )
         warnings.append(f"{name} is not a Fanout setting and is ignored; {hint}")
     return warnings
 

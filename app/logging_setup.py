@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -73,6 +74,24 @@ class ClientErrorFilter(logging.Filter):
             record.exc_info = None
             record.exc_text = None
         return True
+
+
+class SecretFilter(logging.Filter):
+    """Replaces the value of a ``token=`` query parameter with ``[redacted]``.
+
+    uvicorn's access and refusal lines carry the request's query string, and a socket's
+    token may come as ``?token=JWT``: no token may reach a log line.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message:
+            record.msg = _TOKEN_PARAM.sub(r"\1[redacted]", message)
+            record.args = None
+        return True
+
+
+_TOKEN_PARAM = re.compile(r"([?&]token=)[^&\s\"']*", re.IGNORECASE)
 
 
 class ConnectionLineFilter(logging.Filter):
@@ -173,6 +192,10 @@ def configure_logging(settings: Settings) -> None:
     for kind in (ClientErrorFilter, ConnectionLineFilter):
         if not any(isinstance(f, kind) for f in uvicorn_error.filters):
             uvicorn_error.addFilter(kind())
+    for name in (LOGGER_NAME, "uvicorn.error", "uvicorn.access"):
+        named = logging.getLogger(name)
+        if not any(isinstance(f, SecretFilter) for f in named.filters):
+            named.addFilter(SecretFilter())
 
     json_lines = settings.log_format.lower() == "json"
     for name in UVICORN_LOGGERS:

@@ -281,6 +281,20 @@
 
   // ---------- stats ----------
   let statsInFlight = false;
+  // Set once /stats answers 401: the server has FANOUT_ADMIN_KEY set and the page has no
+  // key to offer, so it shows "n/a" and stops asking (every refusal is a server log line).
+  let statsLocked = false;
+
+  function showStatsLocked() {
+    statsLocked = true;
+    for (const dd of [el.statConnections, el.statBroadcast, el.statEcho, el.statDelivered, el.statDropped]) {
+      dd.textContent = "n/a";
+    }
+    el.statsExtra.textContent = "";
+    el.statsState.dataset.state = "locked";
+    el.statsCard.dataset.state = "locked";
+    el.statsState.textContent = "Stats need the admin key on this server (FANOUT_ADMIN_KEY)";
+  }
 
   function renderStats(s) {
     const conns = (s && s.connections) || {};
@@ -329,7 +343,7 @@
   }
 
   async function pollStats() {
-    if (statsInFlight) return;
+    if (statsInFlight || statsLocked) return;
     statsInFlight = true;
     const ctrl = new AbortController();
     const timer = setTimeout(() => ctrl.abort(), STATS_TIMEOUT_MS);
@@ -339,6 +353,10 @@
         headers: { Accept: "application/json" },
         signal: ctrl.signal,
       });
+      if (res.status === 401) {
+        showStatsLocked();
+        return;
+      }
       if (!res.ok) throw new Error("HTTP " + res.status);
       const data = await res.json();
       renderStats(data);

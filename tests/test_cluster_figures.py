@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 
 from app.services.cluster import ClusterView
+from app.services.direct_connection import Cork
 from app.services.figures import (
     PER_WORKER,
     ConnectionFigures,
+    LatencyFigures,
     MessageFigures,
     WorkerFigures,
     WorkerInfo,
     add_up,
 )
+from app.services.latency import LATENCY_BUCKETS, WriteLatency
 from app.services.message import Message
 
 
@@ -80,3 +85,45 @@ def test_a_malformed_heartbeat_is_ignored() -> None:
     body = b'{"type":"heartbeat","id":"h:9","stats":{"connections":{"total":"many"}}}'
     view.receive(Message.from_bytes(body))
     assert view.peers() == []
+
+
+def test_histogram_buckets_add_up_element_by_element_and_a_worker_without_them_adds_nothing() -> (
+    None
+):
+    a = WorkerFigures(write_latency=LatencyFigures(counts=[1, 2, 0], sum_seconds=0.5))
+    b = WorkerFigures(write_latency=LatencyFigures(counts=[0, 3, 4], sum_seconds=0.25))
+    older = msgspec.convert({"connections": {"total": 1}}, WorkerFigures)  # no write_latency
+    total = add_up([a, older, b])
+    assert total.write_latency == LatencyFigures(counts=[1, 5, 4], sum_seconds=0.75)
+
+
+def test_buckets_of_another_layout_are_left_out_rather_than_added_to_the_wrong_bucket() -> None:
+    a = WorkerFigures(write_latency=LatencyFigures(counts=[1, 2, 3]))
+    other = WorkerFigures(write_latency=LatencyFigures(counts=[5, 5]))
+    assert add_up([a, other]).write_latency.counts == [1, 2, 3]
+
+
+def test_the_cork_observes_once_per_loop_turn_whatever_it_writes() -> None:
+    latency = WriteLatency()
+    cork = Cork(latency)
+    flushed: list[int] = []
+
+    class Stub:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def flush(self) -> None:
+            flushed.append(self.n)
+
+    async def two_turns() -> None:
+        for n in range(100):
+            cork.add(Stub(n))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        cork.add(Stub(100))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+
+    asyncio.run(two_turns())
+    assert flushed == list(range(101))
+    assert sum(latency.counts) == 2
+    assert len(latency.counts) == len(LATENCY_BUCKETS) + 1
+    assert 0 < latency.sum < 1

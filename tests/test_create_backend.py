@@ -51,7 +51,10 @@ async def test_the_local_backend_uses_the_configured_folder_and_group(local_dir:
     backend = backend_for("local://", local_dir=str(local_dir), local_group="g1")
     delivered: list[tuple[str, Message]] = []
     gaps: list[str] = []
-    await backend.start(lambda channel, message: delivered.append((channel, message)), gaps.append)
+    await backend.start(
+        lambda channel, message: delivered.append((channel, message)),
+        lambda reason, channel=None: gaps.append(reason),
+    )
     try:
         assert (local_dir / "g1" / f"{os.getpid()}.sock").exists()
         assert backend.status()["group"] == "g1"

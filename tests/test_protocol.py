@@ -163,7 +163,7 @@ async def _errors(server: ServerProcess) -> dict[str, int]:
         ({"id": 3, "op": "unsub", "ch": "never.held"}, 404),
         ({"id": 3, "op": "pub", "ch": "not.mine", "data": 1}, 403),
         ({"id": 3, "op": "pub", "ch": "x", "data": 1, "text": "both"}, 400),
-        ({"id": 3, "op": "sub", "ch": "user#42"}, 403),
+        ({"id": 3, "op": "sub", "ch": "user#42"}, 401),  # nobody: connect with a token
     ],
 )
 async def test_a_wrong_command_gets_its_error_by_id_and_the_socket_stays_open(

@@ -16,3 +16,11 @@ def test_settings_from_env_parses_and_validates() -> None:
         Settings.from_env({"FANOUT_OUTBOX_MAX_BYTES": "0"})
     with pytest.raises(SettingsError, match="FANOUT_CLOSE_TIMEOUT"):
         Settings.from_env({"FANOUT_CLOSE_TIMEOUT": "soon"})
+
+
+def test_redis_timeout_is_seconds_above_zero() -> None:
+    assert Settings.from_env({}).redis_timeout == 2.0
+    assert Settings.from_env({"FANOUT_REDIS_TIMEOUT": "0.5"}).redis_timeout == 0.5
+    for bad in ("0", "-1", "nan"):
+        with pytest.raises(SettingsError, match=r"FANOUT_REDIS_TIMEOUT.*expected seconds > 0"):
+            Settings.from_env({"FANOUT_REDIS_TIMEOUT": bad})

@@ -8,8 +8,8 @@ from typing import Any
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from app.routes.context import broadcast_service, node_of, settings_of
-from app.routes.session import YIELD_EVERY, accept, admit, deny
+from app.routes.context import node_of, settings_of
+from app.routes.session import V1_ENDPOINT, YIELD_EVERY, accept, admit, deny
 from app.services.close_codes import CloseCode
 from app.services.protocol.session import ProtocolSession
 
@@ -35,14 +35,20 @@ async def fanout_v1(websocket: WebSocket) -> None:
         body = {"error": {"code": 400, "message": _REQUIRED_MESSAGE}}
         await deny(websocket, 400, "subprotocol", _REQUIRED_MESSAGE, body)
         return
-    conn = await admit(websocket, endpoint="ws", channel=None)
-    if conn is None:
+    admitted = await admit(websocket, endpoint=V1_ENDPOINT, channel=None)
+    if admitted is None:
         return
+    conn, identity = admitted
     settings = settings_of(websocket)
-    service = broadcast_service(websocket)
+    node = node_of(websocket)
+    service = node.broadcast
     session = ProtocolSession(
         service,
         conn,
+        auth=node.auth,
+        history=node.history,
+        identity=identity,
+        require_auth=settings.require_auth,
         max_subscriptions=settings.max_subscriptions,
         max_message_bytes=settings.max_message_bytes,
         publish_limit=node_of(websocket).publish_limit,
@@ -73,7 +79,7 @@ async def fanout_v1(websocket: WebSocket) -> None:
     except WebSocketDisconnect as exc:
         code = exc.code
     finally:
-        session.close()
+        await session.aclose()
         await service.disconnect(conn, code)
 
 

@@ -7,6 +7,7 @@ from starlette.routing import Match, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from app.server.http import use_deadline_protocols
 from app.server.socket import probe
 
 
@@ -17,6 +18,9 @@ class FanoutApp(Starlette):
     alive for its whole life: through Starlette's middleware stack, exception wrappers and
     router that is about 5 KB per idle connection, and socket sessions use none of it.
     HTTP requests and handshakes on other paths still take the full stack.
+
+    When the lifespan starts, uvicorn is told to use the HTTP protocols with a deadline for
+    the request head (:mod:`app.server.http`), before it accepts a connection.
     """
 
     socket_routes: tuple[WebSocketRoute, ...] = ()
@@ -28,6 +32,8 @@ class FanoutApp(Starlette):
                 probe(scope, receive, send)  # ProbeMiddleware does it on the long way round
                 await route.endpoint(WebSocket(scope, receive, send))
                 return
+        elif scope["type"] == "lifespan":
+            use_deadline_protocols(receive)
         await super().__call__(scope, receive, send)
 
     def _socket_route(self, scope: Scope) -> WebSocketRoute | None:

@@ -20,15 +20,21 @@ the attributes used here gets the plain ASGI path, which the test suite runs too
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.server import trims
+from app.server.conformance import allow_close_mid_message
 from app.server.direct import DirectWriter, direct_writer_for
 
 _PROTOCOL_KEY = "fanout.server_protocol"
 """Scope key: the server's protocol object behind ``send`` (None where it is hidden)."""
+_LINGER_RESET = struct.pack("ii", 1, 0)
+"""SO_LINGER on with a zero timeout: closing the socket sends a reset and drops its buffers."""
 _RECEIVE_KEY = "fanout.receive"
 """Scope key: the server's own ``receive``, so the session loop awaits it without
 Starlette's wrapper coroutine, one frame (~0.5 KB) less per idle socket."""
@@ -73,8 +79,10 @@ class ServerSocket:
         return receive
 
     def before_accept(self) -> None:
-        """Trim the protocol's receive queue and writable event (uvicorn sansio only)."""
+        """Trim the protocol's receive queue and writable event, and let a close frame end
+        an unfinished fragmented message cleanly (uvicorn sansio only)."""
         trims.slim_protocol(self._protocol)
+        allow_close_mid_message(self._protocol)
 
     def direct_writer(self) -> DirectWriter | None:
         """The direct write path for this socket, or None where it is unsafe."""
@@ -104,10 +112,24 @@ class ServerSocket:
         return callable(getattr(getattr(self._protocol, "transport", None), "abort", None))
 
     def abort(self) -> None:
-        """Drop the connection at once, whatever waits in its buffers (no-op where hidden)."""
-        abort = getattr(getattr(self._protocol, "transport", None), "abort", None)
-        if callable(abort):
-            abort()
+        """Drop the connection at once with a TCP reset (no-op where the transport is hidden).
+
+        A plain abort closes the file descriptor, but with unsent data in the kernel's send
+        buffer (a peer that stopped reading) the kernel keeps the orphaned socket, and its
+        buffer, retrying for minutes, and the peer is never told. With ``SO_LINGER`` 0 the
+        close sends a reset at once and frees the buffer (nginx's
+        ``reset_timedout_connection``).
+        """
+        transport: Any = getattr(self._protocol, "transport", None)
+        abort = getattr(transport, "abort", None)
+        if not callable(abort):
+            return
+        sock = transport.get_extra_info("socket")
+        # fileno() is -1 once the transport has closed its socket: nothing left to reset.
+        if sock is not None and sock.fileno() >= 0:
+            with contextlib.suppress(OSError, ValueError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        abort()
 
     def abort_later(self, delay: float) -> None:
         """:meth:`abort` in ``delay`` seconds: the peer's time to finish the close handshake."""

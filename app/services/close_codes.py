@@ -27,16 +27,22 @@ class CloseCode(IntEnum):
     """The server is shutting down or restarting (SIGTERM, Ctrl-C); reconnect."""
     TRY_AGAIN_LATER = 1013
     """The worker is at FANOUT_MAX_CONNECTIONS and the server cannot answer with HTTP 503."""
+    TOKEN_EXPIRED = 4001
+    """The connection's token expired and was not refreshed: reconnect with a new one."""
     SLOW_CONSUMER = 4008
     """The client did not read fast enough: its outbox overflowed. Reconnect."""
     RATE_LIMITED = 4029
     """The client kept sending over FANOUT_CLIENT_PUBLISH_RATE (more than the burst refused
     within one refill of the bucket). Reconnect with backoff, and send slower."""
+    INVALID_TOKEN = 4500
+    """An invalid token, or authentication required and not given. Do not reconnect
+    with the same token."""
     BAD_FRAME = 4501
     """fanout.v1: a frame that cannot be read at all (not JSON, not an object, a binary
     frame that is not a publish). Do not reconnect with the same client."""
     FORBIDDEN = 4503
-    """A handshake refused for its origin, where the server cannot answer with HTTP 403."""
+    """Not allowed: a handshake refused for its origin where the server cannot answer with
+    HTTP 403, or a raw socket that published where its channel's rules forbid it."""
     CONNECTION_LIMIT = 4504
     """A handshake over FANOUT_MAX_CONNECTIONS_PER_IP, where the server cannot answer with
     HTTP 429."""

@@ -18,6 +18,8 @@ class Counters:
     """Messages discarded because their receiver was closed as a slow consumer."""
     slow_consumer_disconnects: int = 0
     connections_opened: int = 0
+    handshake_timeouts: int = 0
+    """Connections closed because their request head did not arrive in time (slowloris)."""
     rejected: Counter[str] = field(default_factory=Counter)
     """WebSocket handshakes refused by the application, by reason."""
     closes: Counter[int] = field(default_factory=Counter)
@@ -30,3 +32,5 @@ class Counters:
     """Messages published through the HTTP API."""
     rate_limited: int = 0
     """Messages refused by FANOUT_CLIENT_PUBLISH_RATE (dropped on raw sockets, 429 on /ws)."""
+    drained: int = 0
+    """Connections closed with 1012 by a drain (SIGTERM, POST /api/drain)."""

@@ -2,9 +2,10 @@
 
 One :class:`WorkerFigures` is what a worker reports about itself: it is this worker's part
 of ``/stats`` and the heartbeat other workers receive. Adding the figures of every worker is
-driven by the types, not by lists of keys: numbers add, maps of numbers add per key, nested
-figures add field by field; only the fields in :data:`PER_WORKER` describe the answering
-worker itself and are kept, not added.
+driven by the types, not by lists of keys: numbers add, maps of numbers add per key, lists
+of numbers (histogram buckets) add element by element, nested figures add field by field;
+only the fields in :data:`PER_WORKER` describe the answering worker itself and are kept,
+not added.
 """
 
 from __future__ import annotations
@@ -41,6 +42,16 @@ class MessageFigures(msgspec.Struct):
     """Refused by the publish rate limit (dropped on raw sockets, 429 on fanout.v1)."""
 
 
+class LatencyFigures(msgspec.Struct):
+    """Publish-to-write latency of the direct write path (see app/services/latency.py)."""
+
+    counts: list[int] = []
+    """Observations per bucket of ``LATENCY_BUCKETS``, not cumulative; the last counts those
+    above every bound."""
+    sum_seconds: float = 0.0
+    """Sum of every observation."""
+
+
 class WorkerInfo(msgspec.Struct):
     """Who a worker is, for the ``workers`` list of ``/stats``."""
 
@@ -50,6 +61,8 @@ class WorkerInfo(msgspec.Struct):
     connections: int = 0
     uptime_seconds: float = 0.0
     gc: dict[str, Any] = {}
+    draining: bool = False
+    """True from the start of a drain until the worker exits: it refuses new sockets."""
 
 
 class WorkerFigures(msgspec.Struct):
@@ -67,6 +80,10 @@ class WorkerFigures(msgspec.Struct):
     gap_notices: int = 0
     """Times this worker told its clients that messages from elsewhere may be missing."""
     connections_opened: int = 0
+    handshake_timeouts: int = 0
+    """Connections closed before their request head was complete (FANOUT_HANDSHAKE_TIMEOUT)."""
+    drained: int = 0
+    """Connections closed with 1012 by a drain."""
     rejected: dict[str, int] = {}
     """Refused handshakes by reason."""
     closes: dict[str, int] = {}
@@ -75,6 +92,7 @@ class WorkerFigures(msgspec.Struct):
     """HTTP error answers by status."""
     protocol_errors: dict[str, int] = {}
     """fanout.v1 errors by code (4501: unreadable frame, socket closed)."""
+    write_latency: LatencyFigures = msgspec.field(default_factory=LatencyFigures)
     worker: WorkerInfo = msgspec.field(default_factory=WorkerInfo)
 
 
@@ -105,9 +123,21 @@ def _add(values: list[Any]) -> Any:
         for value in values:
             total.update(value)
         return dict(sorted(total.items()))
+    if isinstance(first, list):
+        return _add_lists(values)
     if isinstance(first, int | float) and not isinstance(first, bool):
         return sum(values)
     raise TypeError(f"cannot add figures of type {type(first).__name__}")
+
+
+def _add_lists(values: list[list[Any]]) -> list[Any]:
+    """Element by element. An empty list is a worker without the figure (an older version);
+    one of another length (other buckets) cannot be added bucket by bucket and is left out."""
+    present = [v for v in values if v]
+    if not present:
+        return []
+    width = len(present[0])
+    return [sum(column) for column in zip(*(v for v in present if len(v) == width), strict=True)]
 
 
 def _add_structs(values: list[_S]) -> _S:

@@ -15,8 +15,15 @@ from app.logging_setup import LOGGER_NAME
 from app.services.close_codes import PROTOCOL_ERRORS, CloseCode
 from app.services.connection import Connection
 from app.services.counters import Counters
-from app.services.figures import ConnectionFigures, MessageFigures, WorkerFigures, WorkerInfo
+from app.services.figures import (
+    ConnectionFigures,
+    LatencyFigures,
+    MessageFigures,
+    WorkerFigures,
+    WorkerInfo,
+)
 from app.services.gc_monitor import GcMonitor
+from app.services.latency import WriteLatency
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -35,11 +42,13 @@ class StatsService:
     Services and routes report through its methods (a refused handshake, an HTTP error, a
     connection opened or closed, a slow consumer, a gap) and it counts, logs one line, and
     folds everything into :meth:`figures`. The hot path (deliveries, received messages)
-    increments :attr:`counters` directly: one integer add, no call.
+    increments :attr:`counters` directly: one integer add, no call; the worker's cork
+    observes :attr:`write_latency` once per loop turn.
     """
 
     def __init__(self, *, log_interval: float) -> None:
         self.counters = Counters()
+        self.write_latency = WriteLatency()
         self.gc_monitor = GcMonitor()
         self.host = socket.gethostname()
         self.pid = os.getpid()
@@ -140,6 +149,15 @@ class StatsService:
                 CloseCode.RATE_LIMITED,
             )
 
+    def handshake_timeout(self, peer: str, timeout: float) -> None:
+        """A connection from ``peer`` sent no complete request head within ``timeout`` s."""
+        self.counters.handshake_timeouts += 1
+        logger.warning(
+            "handshake timeout from %s: no complete request within %g s, connection closed",
+            peer,
+            timeout,
+        )
+
     def received(self) -> None:
         """One message arrived from a client."""
         self.counters.received += 1
@@ -148,9 +166,21 @@ class StatsService:
         """An HTTP request was answered with error ``status``."""
         self.counters.http_errors[status] += 1
 
-    def gap(self, reason: str, subscribers: int) -> None:
-        """``subscribers`` were told that messages from elsewhere may be missing."""
+    def admin_refused(self, path: str, peer: str, why: str) -> None:
+        """``path`` needs the admin key and the request's was ``why`` ('missing', 'wrong').
+
+        Counted as an HTTP 401; the line never shows a key, the presented one included.
+        """
+        self.counters.http_errors[401] += 1
+        logger.warning("refused %s from %s: admin key %s", path, peer, why)
+
+    def gap(self, reason: str, subscribers: int, channel: str | None = None) -> None:
+        """``subscribers`` (of ``channel``, or of every channel) were told that messages from
+        elsewhere may be missing. A notice to one channel is logged by the backend that saw
+        the loss (one line for a run of them), so it is counted here but not logged."""
         self.gap_notices += 1
+        if channel is not None:
+            return
         logger.warning(
             "backend gap (%s): telling %d subscriber(s) messages may be missing",
             reason,
@@ -173,6 +203,10 @@ class StatsService:
                 message[:200],
             )
 
+    def drained(self) -> None:
+        """A drain closed one connection with 1012."""
+        self.counters.drained += 1
+
     def api_published(self) -> None:
         """A message was published through the HTTP API."""
         self.counters.api_published += 1
@@ -180,10 +214,14 @@ class StatsService:
     # -- figures ----------------------------------------------------------------------------
 
     def figures(
-        self, channels: Mapping[str, int], subscriptions: int, backend: dict[str, Any]
+        self,
+        channels: Mapping[str, int],
+        subscriptions: int,
+        backend: dict[str, Any],
+        draining: bool = False,
     ) -> WorkerFigures:
         """This worker's figures, given its channels' subscriber counts, its fanout.v1
-        subscriptions and its backend's status."""
+        subscriptions, its backend's status and whether it is draining."""
         c = self.counters
         uptime = round(self.uptime(), 3)
         return WorkerFigures(
@@ -207,9 +245,15 @@ class StatsService:
             slow_consumer_disconnects=c.slow_consumer_disconnects,
             gap_notices=self.gap_notices,
             connections_opened=c.connections_opened,
+            handshake_timeouts=c.handshake_timeouts,
+            drained=c.drained,
             rejected=dict(sorted(c.rejected.items())),
             closes={str(code): n for code, n in sorted(c.closes.items())},
             http_errors={str(status): n for status, n in sorted(c.http_errors.items())},
+            write_latency=LatencyFigures(
+                counts=list(self.write_latency.counts),
+                sum_seconds=round(self.write_latency.sum, 6),
+            ),
             worker=WorkerInfo(
                 id=self.worker_id,
                 pid=self.pid,
@@ -217,6 +261,7 @@ class StatsService:
                 connections=self.connections,
                 uptime_seconds=uptime,
                 gc=self.gc_monitor.snapshot(),
+                draining=draining,
             ),
         )
 

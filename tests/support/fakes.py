@@ -11,6 +11,7 @@ from app.services.asgi_connection import AsgiConnection
 from app.services.connection import OutboxLimits
 from app.services.counters import Counters
 from app.services.direct_connection import Cork, DirectConnection
+from app.services.latency import WriteLatency
 
 
 class FakeSocket:
@@ -88,7 +89,7 @@ def direct_connection(
     """A DirectConnection writing to ``direct``, closing through a FakeSocket."""
     return DirectConnection(
         direct=direct,
-        cork=Cork(),
+        cork=Cork(WriteLatency()),
         conn_id=2,
         endpoint="broadcast",
         channel="default",

@@ -66,9 +66,22 @@ class RedisServer:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
 
+    def pause(self) -> None:
+        """SIGSTOP by PID: Redis hangs without closing anything (its sockets stay open and
+        the kernel still accepts connections and bytes for it), as in a network black hole."""
+        assert self.proc is not None and self.proc.poll() is None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT by PID: a paused Redis carries on with everything that waited for it."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
-        """SIGTERM by PID and wait (SIGKILL if it does not exit within 10 s)."""
+        """SIGCONT (in case it is paused), then SIGTERM by PID and wait (SIGKILL if it does
+        not exit within 10 s)."""
         if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
             self.proc.terminate()
             try:
                 self.proc.wait(10)

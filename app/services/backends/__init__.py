@@ -40,6 +40,7 @@ def create_backend(settings: Settings) -> Backend:
             url,
             publish_queue=settings.redis_publish_queue,
             reconnect_max=settings.redis_reconnect_max,
+            timeout=settings.redis_timeout,
         )
     raise BackendConfigError(
         f"FANOUT_BACKEND={_redact(url)!r}: unknown scheme {scheme!r}; "

@@ -10,8 +10,13 @@ from app.services.message import Message
 Deliver = Callable[[str, Message], None]
 """Called by a backend with each message another worker published: (channel, message)."""
 
-Gap = Callable[[str], None]
-"""Called by a backend when messages from elsewhere may have been lost: (reason)."""
+
+class Gap(Protocol):
+    """Called by a backend when messages from elsewhere may have been lost: ``reason``, and
+    ``channel`` when only that channel's subscribers are concerned (None: every subscriber)."""
+
+    def __call__(self, reason: str, channel: str | None = None, /) -> None: ...
+
 
 CONTROL_CHANNEL = "fanout:control"
 """The channel workers share their heartbeats on. Client channel names cannot contain ':',

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 from collections.abc import Callable
 
 from redis.asyncio import Redis
@@ -14,27 +15,44 @@ from redis.backoff import NoBackoff
 
 from app.logging_setup import LOGGER_NAME
 from app.services.backends.base import CONTROL_CHANNEL, Deliver
+from app.services.backends.redis_sequence import AFTER_GAP, DUPLICATE, SequenceTracker
 from app.services.backends.redis_wire import (
-    CONNECT_TIMEOUT,
+    BINARY,
+    BINARY_V1,
     FAILURES,
+    HEADER_BYTES,
     JSON,
+    JSON_V1,
     ORIGIN_BYTES,
     PREFIX,
+    SEQUENCE,
+    STAMPED,
     TEXT,
+    TEXT_V1,
 )
-from app.services.message import Message
+from app.services.message import Message, from_stamp_payload
 
 logger = logging.getLogger(LOGGER_NAME)
 
 BACKOFF_START = 0.1
 
 
+class RedisHung(TimeoutError):
+    """Redis said nothing, not even to a ping, for the health-check timeout."""
+
+
 class RedisSubscriber:
     """The subscription connection, the channels wanted on it, and its reader task.
 
-    The reader is also the backend's health check: it calls ``went_up`` once subscribed and
-    ``went_down`` when the connection fails, then reconnects with exponential backoff (up to
+    The reader is also the backend's health check. It calls ``went_up`` once Redis confirms
+    the subscription and ``went_down`` when the connection fails or hangs: whenever the
+    connection has been silent for half of ``timeout`` seconds a watchdog sends a PING, and
+    when nothing at all (no message, no answer) has come for ``timeout`` seconds the
+    connection counts as lost. It then reconnects with exponential backoff (up to
     ``reconnect_max`` seconds) and subscribes again to everything wanted.
+
+    Sequenced payloads go through a :class:`SequenceTracker`: duplicates are dropped,
+    and ``lost(channel)`` is called before a message that follows lost ones.
     """
 
     def __init__(
@@ -44,26 +62,45 @@ class RedisSubscriber:
         reconnect_max: float,
         went_up: Callable[[], None],
         went_down: Callable[[BaseException], None],
+        *,
+        timeout: float = 2.0,
+        lost: Callable[[str], None] = lambda channel: None,
+        duplicate: Callable[[str], None] = lambda channel: None,
+        refused: Callable[[bytes], None] = lambda kind: None,
     ) -> None:
         self._url = url
         self._origin = origin
         self._reconnect_max = reconnect_max
         self._went_up = went_up
         self._went_down = went_down
+        self._timeout = timeout
+        self._lost = lost
+        self._duplicate = duplicate
+        self._refused = refused
         self._wanted: set[str] = {CONTROL_CHANNEL}
         """Fanout channels this worker should be subscribed to."""
         self._subscribed: set[str] = set()
         """Fanout channels the current subscription connection is subscribed to."""
         self._sub_changed = asyncio.Event()
         self._client: Redis | None = None
+        self._heard = 0
+        """Replies read on the current connection (messages, confirmations, pongs)."""
+        self.tracker = SequenceTracker()
         self.received = 0
+        self.refused = 0
+        self.health_check_failures = 0
 
     def connect(self) -> None:
         """Make the client; the reader task connects it."""
         # No retries inside redis-py: a lost connection must surface here, so that the
         # outage is reported and the subscribers told, not papered over by a silent retry.
+        # The socket timeout bounds the connect handshake and every write; reads wait for
+        # messages without one, and the watchdog below bounds the silence.
         self._client = Redis.from_url(
-            self._url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=CONNECT_TIMEOUT
+            self._url,
+            retry=Retry(NoBackoff(), 0),
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._timeout,
         )
 
     async def close(self) -> None:
@@ -87,52 +124,81 @@ class RedisSubscriber:
         backoff = BACKOFF_START
         while True:
             assert self._client is not None
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-            syncer: asyncio.Task[None] | None = None
+            pubsub = self._client.pubsub()
+            confirmed = False
             try:
+                self._heard = 0
                 self._subscribed = set(self._wanted)
                 await pubsub.subscribe(*(PREFIX + c.encode() for c in self._subscribed))
-                self._went_up()
-                backoff = BACKOFF_START
-                # Subscription changes go out on their own task; this one only reads.
-                syncer = asyncio.create_task(self._sync(pubsub), name="fanout-redis-sync")
-                await self._listen(pubsub, deliver)
-                raise ConnectionError("subscription ended")
-            except FAILURES as exc:
-                self._went_down(exc)
+                self.tracker.retain({PREFIX + c.encode() for c in self._subscribed})
+                # Reads, subscription changes and the watchdog: the first to fail ends all.
+                async with asyncio.TaskGroup() as tasks:
+                    reader = tasks.create_task(self._listen(pubsub, deliver))
+                    tasks.create_task(self._sync(pubsub), name="fanout-redis-sync")
+                    tasks.create_task(self._watch(pubsub), name="fanout-redis-watchdog")
+                    await reader
+                    raise ConnectionError("subscription ended")
+            except* FAILURES as failed:
+                confirmed = self._heard > 0
+                self._went_down(failed.exceptions[0])
             finally:
-                if syncer is not None:
-                    syncer.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, *FAILURES):
-                        await syncer
                 with contextlib.suppress(*FAILURES):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+            if confirmed:
+                backoff = BACKOFF_START
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self._reconnect_max)
 
     async def _listen(self, pubsub: PubSub, deliver: Deliver) -> None:
         origin = self._origin
         skip = len(PREFIX)
+        check = self.tracker.check
+        unpack = SEQUENCE.unpack_from
+        up = False
         async for item in pubsub.listen():
-            if item["type"] != "message":
+            self._heard += 1
+            kind_of_item = item["type"]
+            if kind_of_item != "message":
+                if kind_of_item == "subscribe" and not up:
+                    up = True  # Redis answers on this connection: subscribed
+                    self.tracker.resync()  # the went_up notice covers what was missed
+                    self._went_up()
+                elif kind_of_item == "unsubscribe":
+                    self.tracker.forget(item["channel"])
                 continue
             payload: bytes = item["data"]
             if payload[:ORIGIN_BYTES] == origin:
                 continue  # this worker's own message: its clients have it already
+            channel: bytes = item["channel"]
             kind = payload[ORIGIN_BYTES : ORIGIN_BYTES + 1]
-            data = payload[ORIGIN_BYTES + 1 :]
+            if kind in (TEXT, BINARY, JSON, STAMPED):
+                seq, prev = unpack(payload, ORIGIN_BYTES + 1)
+                verdict = check(channel, payload[:ORIGIN_BYTES], seq, prev)
+                if verdict == DUPLICATE:
+                    self._duplicate(channel[skip:].decode())
+                    continue
+                if verdict == AFTER_GAP:
+                    self._lost(channel[skip:].decode())
+                data = payload[HEADER_BYTES:]
+            elif kind in (TEXT_V1, BINARY_V1, JSON_V1):
+                data = payload[ORIGIN_BYTES + 1 :]
+            else:
+                self.refused += 1
+                self._refused(kind)
+                continue
             try:
-                if kind == TEXT:
+                if kind == STAMPED:
+                    message = from_stamp_payload(data)
+                elif kind in (TEXT, TEXT_V1):
                     message = Message.from_utf8(data)
-                elif kind == JSON:
+                elif kind in (JSON, JSON_V1):
                     message = Message.from_json(data)
                 else:
                     message = Message.from_bytes(data)
-            except UnicodeDecodeError:
-                logger.warning("redis backend: dropping a text message that is not UTF-8")
+            except (UnicodeDecodeError, ValueError, struct.error):
+                logger.warning("redis backend: dropping a message it cannot read")
                 continue
             self.received += 1
-            channel: bytes = item["channel"]
             deliver(channel[skip:].decode(), message)
 
     async def _sync(self, pubsub: PubSub) -> None:
@@ -147,3 +213,25 @@ class RedisSubscriber:
             if remove:
                 self._subscribed -= remove
                 await pubsub.unsubscribe(*(PREFIX + c.encode() for c in remove))
+
+    async def _watch(self, pubsub: PubSub) -> None:
+        """Ping a quiet connection; fail one silent for the timeout (a hung Redis)."""
+        loop = asyncio.get_running_loop()
+        tick = self._timeout / 4
+        heard = self._heard
+        quiet_since = loop.time()
+        pinged = False
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            if self._heard != heard:
+                heard = self._heard
+                quiet_since = now
+                pinged = False
+                continue
+            if now - quiet_since >= self._timeout:
+                self.health_check_failures += 1
+                raise RedisHung(f"no answer from Redis in {self._timeout:g} s")
+            if not pinged and now - quiet_since >= self._timeout / 2:
+                pinged = True
+                await pubsub.ping()

@@ -1,0 +1,161 @@
+"""A deadline for the request head: uvicorn's HTTP protocols with a slowloris guard.
+
+uvicorn 0.54 arms no timer on a connection until it has answered a request
+(``timeout_keep_alive`` starts after a response, and any byte received cancels it), so a
+client that opens a connection and never finishes its request line and headers, silent
+or trickling one byte at a time, holds the connection forever. The subclasses here arm
+one timer per connection when it is made (and again after each response while the
+connection waits for the next request), cancel it when a request's headers are complete
+(for a WebSocket upgrade that is before the application sees the handshake), and close
+the connection when it fires, reporting it through :class:`HandshakeDeadline`.
+
+No command-line flag is needed: :func:`use_deadline_protocols` runs when the application's
+lifespan starts, before uvicorn accepts a connection, and swaps the protocol class on the
+uvicorn ``Config`` that drives the lifespan (each worker has its own). The deadline itself
+reaches the protocols through the ASGI lifespan state (``app_state`` in uvicorn), which
+the application fills at start-up; a protocol that finds none behaves exactly like
+uvicorn's own. Tested with uvicorn 0.54's httptools and h11 protocols (the pinned
+version); any other protocol class, or a server that is not uvicorn, is left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import h11
+from uvicorn.config import Config
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app.logging_setup import LOGGER_NAME
+
+DEADLINE_KEY = "fanout.handshake_deadline"
+"""Lifespan state key of the :class:`HandshakeDeadline` the protocols read."""
+
+logger = logging.getLogger(LOGGER_NAME)
+
+
+class HandshakeDeadline(NamedTuple):
+    """How long a connection may take to send a request's head, and who hears of misses."""
+
+    timeout: float
+    """Seconds from the connection (or the previous response) to the end of the headers."""
+    expired: Callable[[str, float], None]
+    """Called with the peer (``host:port``) and ``timeout`` after the connection is closed."""
+
+
+class _HeadTimer:
+    """The timer both protocols share: armed, cancelled, and what happens when it fires."""
+
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    app_state: dict[str, Any]
+    client: tuple[str, int] | None
+    _head_timer: asyncio.TimerHandle | None = None
+    _deadline: HandshakeDeadline | None = None
+
+    def _arm_head_deadline(self) -> None:
+        deadline = self._deadline
+        if deadline is not None and self._head_timer is None:
+            self._head_timer = self.loop.call_later(deadline.timeout, self._head_deadline_missed)
+
+    def _head_complete(self) -> None:
+        timer = self._head_timer
+        if timer is not None:
+            timer.cancel()
+            self._head_timer = None
+
+    def _head_deadline_missed(self) -> None:
+        self._head_timer = None
+        transport, deadline = self.transport, self._deadline
+        if deadline is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size():
+            transport.abort()  # the peer does not read either: do not wait for a flush
+        else:
+            transport.close()
+        client = self.client
+        deadline.expired(f"{client[0]}:{client[1]}" if client else "-", deadline.timeout)
+
+
+class FanoutHttpToolsProtocol(_HeadTimer, HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline for each request's head."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._deadline = self.app_state.get(DEADLINE_KEY)
+        self._arm_head_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_complete()
+        super().connection_lost(exc)
+
+    def on_headers_complete(self) -> None:
+        self._head_complete()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        waits_for_a_request = not self.pipeline  # else the next request is in already
+        super().on_response_complete()
+        if waits_for_a_request and not self.transport.is_closing():
+            self._arm_head_deadline()
+
+
+class FanoutH11Protocol(_HeadTimer, H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request's head."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._deadline = self.app_state.get(DEADLINE_KEY)
+        self._arm_head_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_complete()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._head_timer is not None and self.conn.their_state is not h11.IDLE:
+            self._head_complete()  # h11 produced the request: its head is complete
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self._arm_head_deadline()
+
+
+_OURS: dict[type[Any], type[Any]] = {
+    HttpToolsProtocol: FanoutHttpToolsProtocol,
+    H11Protocol: FanoutH11Protocol,
+}
+"""uvicorn's protocol classes, each with the subclass that replaces it."""
+
+
+def use_deadline_protocols(lifespan_receive: Any) -> bool:
+    """Make the uvicorn server behind a lifespan ``receive`` use the protocols above.
+
+    uvicorn's lifespan ``receive`` is a bound method of its lifespan object, which holds
+    the server's ``Config``; uvicorn builds each connection's protocol from
+    ``config.http_protocol_class`` and starts listening only after the lifespan started.
+    Returns whether the deadline is enforced (False on another server, or on a uvicorn
+    protocol class this module does not know, which is then left alone with a warning).
+    """
+    config = getattr(getattr(lifespan_receive, "__self__", None), "config", None)
+    if not isinstance(config, Config):
+        return False
+    current = getattr(config, "http_protocol_class", None)
+    if current in _OURS.values():
+        return True
+    replacement = _OURS.get(current) if isinstance(current, type) else None
+    if replacement is None:
+        logger.warning(
+            "FANOUT_HANDSHAKE_TIMEOUT is not enforced: uvicorn's HTTP protocol %r is not "
+            "one Fanout knows (httptools or h11)",
+            current,
+        )
+        return False
+    config.http_protocol_class = replacement
+    return True
