@@ -45,7 +45,7 @@ from app.services.history.memory import new_epoch
 from app.services.history.store import Entry, HistoryUnavailable, Position, Retention
 
 FILE_NAME: Final = "history.sqlite3"
-BUSY_TIMEOUT: Final = 2.0
+BUSY_TIMEOUT: Final = 5.0
 """Seconds a call waits for another worker's write lock before failing (503)."""
 SWEEP_EVERY: Final = 60.0
 """Seconds between two deletions of expired channels by this worker."""
