@@ -49,6 +49,7 @@ COUNTERS = {
     "fanout_http_errors",
     "fanout_protocol_errors",
     "fanout_handshake_timeouts",
+    "fanout_drained_connections",
 }
 GAUGES = {
     "fanout_connections",
@@ -59,6 +60,7 @@ GAUGES = {
     "fanout_heartbeat_age_seconds",
     "fanout_channels",
     "fanout_subscriptions",
+    "fanout_draining",
 }
 HISTOGRAMS = {"fanout_publish_to_write_seconds"}
 

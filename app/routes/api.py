@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Final
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -26,14 +27,16 @@ from app.services.api.codec import (
     json_body_limit,
 )
 from app.services.api.errors import ApiError, ErrorCode, encode_error
+from app.services.api.history import decode_history, encode_publications
 from app.services.api.keys import ApiKeys
 from app.services.api.publisher import ApiPublisher
+from app.services.history.store import HistoryUnavailable
 from app.services.protocol.commands import BAD_CHANNEL_MESSAGE, valid_channel
 
 logger = logging.getLogger(LOGGER_NAME)
 
 JSON: Final = "application/json"
-METHODS: Final = ("/api/publish", "/api/broadcast")
+METHODS: Final = ("/api/publish", "/api/broadcast", "/api/history", "/api/drain")
 """The API's paths (besides /api/publish/{channel}), for 405 against 404."""
 _NOT_ALLOWED: Final = HTTPStatus.METHOD_NOT_ALLOWED
 _ALL_METHODS: Final = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -54,6 +57,12 @@ async def broadcast(request: Request) -> Response:
 async def publish_body(request: Request) -> Response:
     """The body is the message: ``text/*`` text, JSON content types JSON data, else binary."""
     return await _serve(request, _publish_body)
+
+
+async def history(request: Request) -> Response:
+    """``{"channel":C,"since"?:{"offset","epoch"},"limit"?}`` -> ``{"result":{"publications":
+    [...],"offset":N,"epoch":E}}`` (Centrifugo's shape)."""
+    return await _serve(request, _history)
 
 
 async def unknown(request: Request) -> Response:
@@ -91,6 +100,27 @@ async def _publish_body(request: Request) -> bytes:
     payload = decode_body_message(request.headers.get("content-type"), body)
     result = await _publisher(request).publish(Publish(channel, payload, None))
     return b'{"result":' + result + b"}"
+
+
+async def _history(request: Request) -> bytes:
+    body = await read_body(request, 65_536)
+    command = decode_history(body)
+    node = node_of(request)
+    retention = node.history.retention(command.channel)
+    if retention is None:
+        raise ApiError(ErrorCode.NOT_FOUND, f"{command.channel} keeps no history")
+    since = (command.since.offset, command.since.epoch) if command.since is not None else None
+    try:
+        position, entries = await node.history.read(
+            command.channel, since, command.limit, retention
+        )
+    except HistoryUnavailable as exc:
+        raise ApiError(ErrorCode.SERVICE_UNAVAILABLE, "history unavailable") from exc
+    return b'{"result":{"publications":%b,"offset":%d,"epoch":%b}}' % (
+        encode_publications(entries),
+        position.offset,
+        msgspec.json.encode(position.epoch),
+    )
 
 
 async def _serve(request: Request, handler: Handler) -> Response:
@@ -147,13 +177,16 @@ def api_keys(request: Request) -> ApiKeys:
 
 def _publisher(request: Request) -> ApiPublisher:
     node = node_of(request)
-    return ApiPublisher(node.broadcast, node.stats, node.backend.status, node.idempotency)
+    return ApiPublisher(
+        node.broadcast, node.stats, node.backend.status, node.idempotency, node.history
+    )
 
 
 routes: list[BaseRoute] = [
     Route("/api/publish", publish, methods=["POST"]),
     Route("/api/broadcast", broadcast, methods=["POST"]),
     Route("/api/publish/{channel}", publish_body, methods=["POST"]),
+    Route("/api/history", history, methods=["POST"]),
     # Last: what the three did not take, answered in the API's shape rather than Starlette's.
     Route("/api/{path:path}", unknown, methods=_ALL_METHODS),
 ]

@@ -46,10 +46,12 @@ async def fanout_v1(websocket: WebSocket) -> None:
         service,
         conn,
         auth=node.auth,
+        history=node.history,
         identity=identity,
         require_auth=settings.require_auth,
         max_subscriptions=settings.max_subscriptions,
         max_message_bytes=settings.max_message_bytes,
+        publish_limit=node_of(websocket).publish_limit,
     )
     code: int = CloseCode.NO_STATUS
     unyielded = 0
@@ -77,7 +79,7 @@ async def fanout_v1(websocket: WebSocket) -> None:
     except WebSocketDisconnect as exc:
         code = exc.code
     finally:
-        session.close()
+        await session.aclose()
         await service.disconnect(conn, code)
 
 

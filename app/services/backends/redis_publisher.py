@@ -14,8 +14,16 @@ from redis.backoff import NoBackoff
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.logging_setup import LOGGER_NAME
-from app.services.backends.redis_wire import BINARY, FAILURES, JSON, PREFIX, SEQUENCE, TEXT
-from app.services.message import Message
+from app.services.backends.redis_wire import (
+    BINARY,
+    FAILURES,
+    JSON,
+    PREFIX,
+    SEQUENCE,
+    STAMPED,
+    TEXT,
+)
+from app.services.message import Message, stamp_payload
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -64,6 +72,7 @@ class RedisPublisher:
         self._head_text = origin + TEXT
         self._head_binary = origin + BINARY
         self._head_json = origin + JSON
+        self._head_stamped = origin + STAMPED
         self._seq = 0
         """The last sequence number given to a message."""
         self._last_seq: dict[str, int] = {}
@@ -108,6 +117,15 @@ class RedisPublisher:
         last_seq[channel] = seq
         if not self.accepting or len(self._queue) >= self._queue_max:
             self.dropped += 1
+            return
+        if message.offset is not None:
+            self._queue.append(
+                (
+                    PREFIX + channel.encode(),
+                    self._head_stamped + SEQUENCE.pack(seq, prev) + stamp_payload(message),
+                )
+            )
+            self._queue_ready.set()
             return
         if message.text is None:
             head = self._head_binary

@@ -5,7 +5,9 @@ A Fanout channel ``name`` is the Redis channel ``fanout:name``. A published payl
 
     origin  8 bytes: the publishing worker's random id (it skips its own messages)
     kind    1 byte:  b"T" text, b"B" binary, b"J" a fanout.v1 publication of JSON data
-            (raw sockets get its bytes as text); sequenced: what this version publishes
+            (raw sockets get its bytes as text), b"H" a history channel's publication
+            (its data starts with kind, offset and epoch); sequenced: what this version
+            publishes
     seq     u64 big-endian: the origin's number for this message; it counts every message
             the origin published (1, 2, 3 ...), whatever the channel, dropped ones included
     prev    u64 big-endian: ``seq`` of the origin's previous message on this channel, or 0
@@ -38,6 +40,9 @@ ORIGIN_BYTES = 8
 TEXT = b"T"
 BINARY = b"B"
 JSON = b"J"
+STAMPED = b"H"
+"""A history channel's publication: kind, offset and epoch ahead of the data
+(:func:`app.services.message.stamp_payload`); sequenced like the others."""
 TEXT_V1 = b"t"
 BINARY_V1 = b"b"
 JSON_V1 = b"j"
