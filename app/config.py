@@ -7,6 +7,7 @@ import difflib
 import errno
 import importlib.util
 import logging
+import math
 import multiprocessing
 import os
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit
 
+from app.services.origins import OriginPolicy
 from app.services.rules import ChannelRules, RulesError
 
 T = TypeVar("T")
@@ -74,6 +76,11 @@ class Settings:
     """WebSocket connections one worker accepts; more are refused with HTTP 503."""
     close_timeout: float = 3.0
     """Seconds a closing client gets to take its close frame before the socket is aborted."""
+    drain_seconds: float = 10.0
+    """Seconds over which a drain (SIGTERM under uvicorn, or ``POST /api/drain``) closes the
+    open sockets with 1012, in small batches, so clients do not all reconnect at once; 0
+    closes them all at once. Under uvicorn a SIGTERM drains first and only then lets
+    uvicorn shut down: the process takes up to this plus FANOUT_CLOSE_TIMEOUT to stop."""
     handshake_timeout: float = 10.0
     """Seconds a connection gets to send a complete request line and headers (the WebSocket
     handshake or any HTTP request, and the next request on a kept-alive connection);
@@ -146,6 +153,22 @@ class Settings:
     """When set, /stats and /metrics answer only requests that present it (``X-Admin-Key: K``
     or ``Authorization: Bearer K``); empty leaves them open. Never shown: not in the
     settings' repr, not in an error line, not in a log line."""
+    allowed_origins: str = ""
+    """Web pages that may open a socket, by origin, comma separated: exact
+    (``https://app.example.com``) or every subdomain of a domain (``https://*.example.com``);
+    scheme and port exact. A browser handshake from any other origin is refused with 403.
+    Empty (the default): every origin may."""
+    require_origin: bool = False
+    """Refuse (403) handshakes without an Origin header, i.e. every non-browser client."""
+    client_publish_rate: float = 0.0
+    """Messages per second one socket may send (fanout.v1 ``pub``, or any message on a raw
+    socket), as a token bucket; 0 (the default): no limit."""
+    client_publish_burst: int = 0
+    """Messages one socket may send at once before FANOUT_CLIENT_PUBLISH_RATE applies (the
+    bucket's size); 0: one second's worth (the rate rounded up, at least 1)."""
+    max_connections_per_ip: int = 0
+    """WebSocket connections one client address may hold on one worker; more are refused
+    with HTTP 429. 0 (the default): no limit."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -191,6 +214,18 @@ class Settings:
                 self.max_connections,
                 "expected a whole number >= 0 (0: no limit)",
             )
+        for name in ("max_connections_per_ip", "client_publish_burst"):
+            if getattr(self, name) < 0:
+                raise SettingsError(name, getattr(self, name), "expected a whole number >= 0")
+        rate = self.client_publish_rate
+        if not math.isfinite(rate) or rate < 0:
+            raise SettingsError(
+                "client_publish_rate", rate, "expected messages per second >= 0 (0: no limit)"
+            )
+        try:
+            OriginPolicy.from_setting(self.allowed_origins)
+        except ValueError as exc:
+            raise SettingsError("allowed_origins", self.allowed_origins, str(exc)) from None
         for name in (
             "close_timeout",
             "handshake_timeout",
@@ -201,6 +236,12 @@ class Settings:
         ):
             if not getattr(self, name) > 0:  # also refuses nan
                 raise SettingsError(name, getattr(self, name), "expected seconds > 0")
+        if not (self.drain_seconds >= 0 and math.isfinite(self.drain_seconds)):
+            raise SettingsError(
+                "drain_seconds",
+                self.drain_seconds,
+                "expected seconds >= 0 (0: close every socket at once)",
+            )
         if self.stats_log_interval < 0:
             raise SettingsError(
                 "stats_log_interval", self.stats_log_interval, "expected seconds >= 0 (0: off)"
@@ -336,7 +377,7 @@ def _exit_bad_setting(error: SettingsError, env: Mapping[str, str]) -> NoReturn:
     ends the supervisor with SIGKILL (exit status 137: the only way to make it non-zero
     from a worker); its siblings fail the same way and exit quietly.
     """
-    supervisor = _uvicorn_supervisor()
+    supervisor = uvicorn_supervisor()
     if supervisor is None or (_first_worker("failed") and supervisor.is_alive()):
         from app.logging_setup import format_line
 
@@ -349,7 +390,7 @@ def _exit_bad_setting(error: SettingsError, env: Mapping[str, str]) -> NoReturn:
     sys.exit(STARTUP_FAILURE)
 
 
-def _uvicorn_supervisor() -> multiprocessing.process.BaseProcess | None:
+def uvicorn_supervisor() -> multiprocessing.process.BaseProcess | None:
     """The uvicorn --workers supervisor this process is a worker of, if it is one."""
     parent = multiprocessing.parent_process()
     if parent is None or "uvicorn.supervisors.multiprocess" not in sys.modules:
@@ -387,8 +428,12 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     for name in sorted(env):
         if not name.startswith("FANOUT_") or name in known or name in NOT_SETTINGS:
             continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]}?" if close else "the settings are listed in README.md"
+        # Compared without the prefix every name shares, which would make any two look alike.
+        suffixes = [k.removeprefix("FANOUT_") for k in known]
+        close = difflib.get_close_matches(name.removeprefix("FANOUT_"), suffixes, n=1, cutoff=0.6)
+        hint = (
+            f"did you mean FANOUT_{close[0]}?" if close else "the settings are listed in README.md"
+        )
         warnings.append(f"{name} is not a Fanout setting and is ignored; {hint}")
     return warnings
 
@@ -438,9 +483,13 @@ def _parse(name: str, kind: object, raw: str) -> object:
         expected = {
             "int": "expected a whole number",
             "float": "expected a number (seconds)",
+            "rate": "expected a number (per second)",
             "bool": "expected true/false (also 1/0, yes/no, on/off)",
         }
-        raise SettingsError(name, raw, expected[getattr(kind, "__name__", str(kind))]) from None
+        kind_name = getattr(kind, "__name__", str(kind))
+        if name.endswith("_rate"):
+            kind_name = "rate"
+        raise SettingsError(name, raw, expected[kind_name]) from None
     return raw
 
 

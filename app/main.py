@@ -12,9 +12,10 @@ from starlette.middleware import Middleware
 
 from app.config import Settings, build_or_exit, load_channel_rules
 from app.logging_setup import configure_logging
-from app.routes import api, broadcast, echo, errors, metrics, pages, protocol, stats
+from app.routes import api, broadcast, drain, echo, errors, metrics, pages, protocol, stats
 from app.server.application import FanoutApp
 from app.server.http import DEADLINE_KEY, HandshakeDeadline
+from app.server.signals import drain_on_sigterm
 from app.server.socket import ProbeMiddleware
 from app.services.backends import create_backend
 from app.services.metrics import metrics_registry
@@ -34,6 +35,17 @@ def create_app(settings: Settings | None = None) -> FanoutApp:
         await node.start()
         app.state.node = node
         app.state.metrics_registry = metrics_registry(node.every_worker)
+
+        async def drain_on_term(graceful_timeout: float | None) -> None:
+            # uvicorn's --timeout-graceful-shutdown only starts once the drain is over:
+            # where it is set, the drain fits in it too (docs/operations.md).
+            seconds = settings.drain_seconds
+            if graceful_timeout is not None:
+                seconds = min(seconds, graceful_timeout)
+            node.drain.start("SIGTERM", seconds)
+            await node.drain.wait()
+
+        sigterm = drain_on_sigterm(drain_on_term)
         if settings.gc_freeze:
             # Start-up objects (modules, routes) never die: keep them out of every
             # collection so full collections, which pause the loop, scan less.
@@ -48,6 +60,8 @@ def create_app(settings: Settings | None = None) -> FanoutApp:
                 )
             }
         finally:
+            if sigterm is not None:
+                sigterm.remove()
             await node.stop()
 
     socket_routes = (*echo.routes, *broadcast.routes, *protocol.routes)
@@ -56,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FanoutApp:
             *pages.routes,
             *stats.routes,
             *metrics.routes,
+            *drain.routes,  # before the API's catch-all
             *api.routes,
             *socket_routes,
             *errors.fallback_routes(socket_routes, broadcast.http_checks),

@@ -7,6 +7,9 @@ server to core 0 and the client processes to core 1 (`--no-pin` to disable).
 
 Examples:
   python -m bench fanout --subscribers 1000 --duration 5
+  python -m bench fanout --protocol v1 --subscribers 1000   # fanout.v1 clients on /ws
+  python -m bench api --endpoint publish --connections 32   # POST /api/publish, keep-alive
+  python -m bench api --endpoint healthz                    # the plain Starlette baseline
   python -m bench latency --subscribers 1000 --rates 20 200 2000
   python -m bench memory --steps 1000 5000 10000
   python -m bench connect --connections 5000
@@ -30,6 +33,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from bench import scenarios, servers
+from bench.http_load import API_KEY
 from bench.summary import summarize
 
 SERVER_NAMES = ["fanout", "fanout-asgi", "fanout-wN", "node-ws", "websockets", "naive-starlette"]
@@ -47,7 +51,19 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pid", type=int, help="with --port: server PID, to read its RSS and CPU")
     g.add_argument("--no-pin", action="store_true", help="do not pin server/clients to cores")
     g.add_argument("--procs", type=int, default=2, help="subscriber client processes (default 2)")
-    g.add_argument("--path", default="/ws/broadcast", help="WebSocket path (default /ws/broadcast)")
+    g.add_argument("--path", help="WebSocket path (default /ws/broadcast; /ws with --protocol v1)")
+    g.add_argument(
+        "--protocol",
+        choices=["raw", "v1"],
+        default="raw",
+        help="raw frames on --path, or fanout.v1 clients (subprotocol, one sub, JSON pub)",
+    )
+    g.add_argument("--channel", default="news", help="fanout.v1 channel (default news)")
+    g.add_argument(
+        "--api-key",
+        default=API_KEY,
+        help=f"HTTP API key (default {API_KEY}, which started servers are given)",
+    )
     g.add_argument(
         "--save",
         action="store_true",
@@ -64,6 +80,9 @@ def target_from(args: argparse.Namespace) -> Iterator[scenarios.Target]:
             name=f"port-{args.port}",
             rss_kb=(lambda: servers.rss_kb(pid)) if pid else None,
             cpu_seconds=(lambda: servers.cpu_seconds(pid)) if pid else None,
+            protocol=args.protocol,
+            channel=args.channel,
+            api_key=args.api_key,
         )
         return
     specs = servers.server_specs(args.workers)
@@ -79,6 +98,9 @@ def target_from(args: argparse.Namespace) -> Iterator[scenarios.Target]:
             rss_kb=srv.rss_kb,
             cpu_seconds=srv.cpu_seconds,
             client_cpus=[1] if pin else None,
+            protocol=args.protocol,
+            channel=args.channel,
+            api_key=args.api_key,
         )
 
 
@@ -143,12 +165,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--duration", type=float, default=5.0)
 
+    p = sub.add_parser("api", help="HTTP API requests/s, keep-alive (vs a plain JSON route)")
+    _common(p)
+    p.add_argument(
+        "--endpoint",
+        choices=list(scenarios.API_ENDPOINTS),
+        default="publish",
+        help="publish: POST /api/publish; healthz: GET /healthz, the plain Starlette baseline",
+    )
+    p.add_argument(
+        "--connections", type=int, default=32, help="keep-alive connections, 1 in flight each"
+    )
+    p.add_argument(
+        "--subscribers", type=int, default=2, help="fanout.v1 clients counting the publishes"
+    )
+    p.add_argument("--size", type=int, default=64, help="JSON data bytes (min 47)")
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--max-requests", type=int, default=2_000_000, help="bound on requests sent")
+
     p = sub.add_parser("compare", help="side by side: Fanout vs reference servers")
     p.add_argument("--servers", nargs="+", help="default: fanout fanout-wN node-ws websockets")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="shorter runs (about 10 minutes)")
-    p.add_argument("--only", nargs="+", help="plan keys to run (fanout-1000 latency memory ...)")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        help="plan keys to run (fanout-1000 fanout-v1-1000 api-publish api-healthz latency ...)",
+    )
     p.add_argument("--subscribers", type=int, nargs="+", help="fan-out sizes (100 1000 5000 10000)")
     p.add_argument("--out", help="JSON results file (default bench/results/compare-<time>.json)")
     p.add_argument(
@@ -161,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write docs/benchmarks.md and docs/bench-*.png")
     p.add_argument("--input", help="compare results JSON (default: the newest)")
     p.add_argument("--docs", default=str(servers.REPO / "docs"))
+    p.add_argument(
+        "--section",
+        choices=["broker"],
+        help="only rewrite this section of docs/benchmarks.md (broker: fanout.v1 and the HTTP"
+        " API, from --input or the newest compare results with fanout-v1-*/api-* runs)",
+    )
     return ap
 
 
@@ -184,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         report.main(args)
         return 0
     with target_from(args) as t:
-        procs, path = args.procs, args.path
+        procs = args.procs
+        path = args.path or ("/ws" if args.protocol == "v1" else "/ws/broadcast")
         if args.cmd == "fanout":
             r = scenarios.fanout(
                 t,
@@ -230,6 +282,18 @@ def main(argv: list[str] | None = None) -> int:
                 procs,
                 path,
             )
+        elif args.cmd == "api":
+            r = scenarios.api(
+                t,
+                args.endpoint,
+                args.connections,
+                args.subscribers,
+                args.size,
+                args.duration,
+                args.warmup,
+                args.max_requests,
+                procs,
+            )
         else:  # pragma: no cover - argparse rejects it
             raise SystemExit(f"unknown scenario {args.cmd}")
     emit(r)
@@ -240,7 +304,12 @@ def main(argv: list[str] | None = None) -> int:
             r["command"] = env + r["command"]
             r["server_commit"] = os.environ.get("BENCH_FANOUT_COMMIT", "")
         servers.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        out = servers.RESULTS_DIR / f"extra-{r['scenario']}-{r['server']}.json"
+        kind = r["scenario"]
+        if r.get("params", {}).get("protocol") == "fanout.v1":
+            kind += "-v1"
+        if kind == "api":
+            kind += "-" + r["params"]["endpoint"]
+        out = servers.RESULTS_DIR / f"extra-{kind}-{r['server']}.json"
         out.write_text(json.dumps(r, indent=1))
     return 0
 

@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from bench import protocol as wsp
+from bench.http_load import HttpConn, HttpLoad
 
 Cmd = dict[str, Any]
 
@@ -37,12 +38,29 @@ def raise_fd_limit() -> int:
 class WsConn(asyncio.Protocol):
     """One client connection: does the upgrade itself, then counts server frames."""
 
-    def __init__(self, worker: Worker, path: str, role: str, prefix: int) -> None:
+    def __init__(
+        self,
+        worker: Worker,
+        path: str,
+        role: str,
+        prefix: int,
+        proto: str = "raw",
+        channel: str = "news",
+    ) -> None:
         self.worker = worker
         self.path = path
         self.role = role
         self.key = wsp.make_key()
-        self.parser = wsp.FrameParser(prefix=prefix)
+        # fanout.v1: the upgrade offers the subprotocol, then one `sub` whose reply makes the
+        # connection ready; frames are still counted from their headers, and payload prefixes
+        # (latency, publisher acks) are turned into raw-layout headers by `v1_headers`.
+        self.v1 = proto == "v1"
+        self.channel = channel
+        self.prefix = prefix
+        self.subscribing = self.v1
+        if self.v1 and prefix:
+            prefix = max(prefix, wsp.v1_prefix_len(channel))
+        self.parser = wsp.FrameParser(prefix=max(prefix, 24) if self.v1 else prefix)
         self.transport: asyncio.Transport | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.upgraded = False
@@ -58,13 +76,15 @@ class WsConn(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         w = self.worker
-        self.send(wsp.handshake_request(w.host, w.port, self.path, self.key))
+        offer = wsp.V1_SUBPROTOCOL if self.v1 else None
+        self.send(wsp.handshake_request(w.host, w.port, self.path, self.key, offer))
 
     def data_received(self, data: bytes) -> None:
         if not self.upgraded:
             self._hbuf += data
             try:
-                done, rest = wsp.parse_handshake_response(self._hbuf, self.key)
+                offer = wsp.V1_SUBPROTOCOL if self.v1 else None
+                done, rest = wsp.parse_handshake_response(self._hbuf, self.key, offer)
             except wsp.HandshakeError as exc:
                 if not self.ready.done():
                     self.ready.set_exception(exc)
@@ -74,7 +94,9 @@ class WsConn(asyncio.Protocol):
                 return
             self.upgraded = True
             self._hbuf = b""
-            if not self.ready.done():
+            if self.v1:
+                self.send(wsp.encode_frame(wsp.v1_sub(1, self.channel), wsp.OP_TEXT))
+            elif not self.ready.done():
                 self.ready.set_result(None)
             if not rest:
                 return
@@ -84,6 +106,10 @@ class WsConn(asyncio.Protocol):
         if parser.prefixes:
             prefixes = parser.prefixes
             parser.prefixes = []
+            if self.v1:
+                if self.subscribing:
+                    self._check_sub_reply(prefixes)
+                prefixes = wsp.v1_headers(prefixes) if self.prefix else []
             if self.publisher is not None:
                 self.publisher.on_messages(prefixes)
             if self.worker.recording and self.role != "pub":
@@ -118,6 +144,23 @@ class WsConn(asyncio.Protocol):
             self.ready.set_exception(ConnectionError("closed before upgrade"))
 
     # helpers ----------------------------------------------------------------
+    def _check_sub_reply(self, prefixes: list[bytes]) -> None:
+        for p in prefixes:
+            status = wsp.v1_reply_status(p)
+            if status is None:
+                continue
+            self.subscribing = False
+            if not self.prefix:
+                self.parser.prefix = 0  # from now on count frames without keeping payloads
+            if self.ready.done():
+                return
+            if status == "res":
+                self.ready.set_result(None)
+            else:
+                self.ready.set_exception(wsp.HandshakeError(f"sub refused: {p!r}"))
+                self.abort()
+            return
+
     def send(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
@@ -224,6 +267,7 @@ class Publisher:
         self.conn = conn
         self.pub_id = pub_id
         self.size = max(int(spec.get("size", 64)), wsp.PAYLOAD_MIN)
+        self.v1_prefix = wsp.v1_pub_prefix(conn.channel) if conn.v1 else b""
         self.window = int(spec.get("window", 0))
         self.rate = float(spec.get("rate", 0.0))
         self.max_messages = int(spec.get("max_messages", 50_000_000))
@@ -237,6 +281,14 @@ class Publisher:
 
     def _frames(self, k: int) -> bytes:
         out = []
+        if self.v1_prefix:
+            # `{"op":"pub","ch":C,"data":<JSON data of `size` bytes>}`, no id: no reply.
+            head = self.v1_prefix
+            for _ in range(k):
+                data = wsp.make_json_data(self.size, self.pub_id, self.sent, time.time_ns())
+                out.append(wsp.encode_frame(head + data + b"}", wsp.OP_TEXT))
+                self.sent += 1
+            return b"".join(out)
         for _ in range(k):
             payload = wsp.make_payload(self.size, self.pub_id, self.sent, time.time_ns())
             out.append(wsp.encode_frame(payload, wsp.OP_BINARY))
@@ -308,7 +360,14 @@ class Worker:
 
     # connection management ---------------------------------------------------
     async def open_one(
-        self, path: str, role: str, prefix: int, sources: list[str], limit_s: float
+        self,
+        path: str,
+        role: str,
+        prefix: int,
+        sources: list[str],
+        limit_s: float,
+        proto: str = "raw",
+        channel: str = "news",
     ) -> WsConn:
         loop = asyncio.get_running_loop()
         local: tuple[str, int] | None = None
@@ -318,7 +377,7 @@ class Worker:
         holder: list[WsConn] = []
 
         def factory() -> WsConn:
-            c = WsConn(self, path, role, prefix)
+            c = WsConn(self, path, role, prefix, proto, channel)
             holder.append(c)
             return c
 
@@ -335,7 +394,14 @@ class Worker:
             raise
 
     async def open_one_ts(
-        self, path: str, role: str, prefix: int, sources: list[str], limit_s: float
+        self,
+        path: str,
+        role: str,
+        prefix: int,
+        sources: list[str],
+        limit_s: float,
+        proto: str = "raw",
+        channel: str = "news",
     ) -> WsConn:
         """Like ``open_one`` on a plain socket with SO_TIMESTAMPNS: every read carries the
         kernel's receive time, so latency excludes the generator's own processing delay."""
@@ -352,7 +418,7 @@ class Worker:
         except BaseException:
             sock.close()
             raise
-        conn = WsConn(self, path, role, prefix)
+        conn = WsConn(self, path, role, prefix, proto, channel)
         shim = SocketShim(sock, conn, loop)
         conn.connection_made(shim)  # type: ignore[arg-type]
         try:
@@ -369,6 +435,8 @@ class Worker:
         prefix = int(cmd.get("prefix", 0))
         sources = list(cmd.get("sources", []))
         timeout = float(cmd.get("timeout", 10.0))
+        proto = str(cmd.get("proto", "raw"))
+        channel = str(cmd.get("channel", "news"))
         opener = self.open_one_ts if cmd.get("kernel_ts") else self.open_one
         deadline = time.monotonic() + float(cmd.get("deadline", 60.0))
         sem = asyncio.Semaphore(int(cmd.get("concurrency", 200)))
@@ -385,7 +453,7 @@ class Worker:
                     return
                 t = time.monotonic()
                 try:
-                    c = await opener(path, role, prefix, sources, timeout)
+                    c = await opener(path, role, prefix, sources, timeout, proto, channel)
                 except Exception as exc:
                     errors[_err_name(exc)] += 1
                     return
@@ -519,6 +587,74 @@ class Worker:
             p._send(1)
         return {"sent": 1 if self.publishers else 0}
 
+    async def cmd_count(self, cmd: Cmd) -> Cmd:
+        """Frames every open connection got since ``mark``, once their sum reaches
+        ``expect`` or after ``timeout`` seconds (for delivery checks after a load)."""
+        expect = int(cmd.get("expect", 0))
+        deadline = time.monotonic() + float(cmd.get("timeout", 5.0))
+        while True:
+            per = [c.parser.frames - c.mark for c in self.conns if c.role != "pub"]
+            if sum(per) >= expect or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.02)
+        return {"frames": per, "open": self.open_count()}
+
+    async def cmd_api(self, cmd: Cmd) -> Cmd:
+        """HTTP load: open ``connections`` keep-alive connections, send ``request`` on each
+        in a loop from ``start`` to ``t1`` (at most ``max_requests``); latencies and status
+        codes of the responses completed between ``t0`` and ``t1``."""
+        loop = asyncio.get_running_loop()
+        load = HttpLoad(bytes.fromhex(str(cmd["request"])), int(cmd.get("max_requests", 10**9)))
+        n = int(cmd["connections"])
+        sources = list(cmd.get("sources", []))
+        t1 = float(cmd["t1"])
+
+        async def open_http() -> None:
+            local: tuple[str, int] | None = None
+            if sources:
+                local = (sources[self._src_i % len(sources)], 0)
+                self._src_i += 1
+            try:
+                _, proto = await asyncio.wait_for(
+                    loop.create_connection(
+                        lambda: HttpConn(load), self.host, self.port, local_addr=local
+                    ),
+                    10.0,
+                )
+            except Exception as exc:
+                load.errors["connect: " + _err_name(exc)] += 1
+                return
+            load.conns.append(proto)
+
+        await asyncio.gather(*(open_http() for _ in range(n)))
+        await _sleep_until(float(cmd["start"]))
+        load.start(t1)
+        await _sleep_until(float(cmd["t0"]))
+        cpu0 = time.process_time()
+        sent0, done0 = load.sent, load.done
+        load.recording = True
+        await _sleep_until(t1)
+        load.recording = False
+        cpu1 = time.process_time()
+        load.active = False
+        sent_window, done_window = load.sent - sent0, load.done - done0
+        await load.drain(5.0)
+        for c in load.conns:
+            c.abort()
+        return {
+            "connections": len(load.conns),
+            "sent": load.sent,
+            "done": load.done,
+            "sent_window": sent_window,
+            "done_window": done_window,
+            "statuses": {str(k): v for k, v in load.statuses.items()},
+            "window_statuses": {str(k): v for k, v in load.window_statuses.items()},
+            "errors": dict(load.errors),
+            "lost": sum(1 for c in load.conns if c.lost_unexpectedly),
+            "latencies": load.latencies,
+            "cpu_s": cpu1 - cpu0,
+        }
+
     async def cmd_churn(self, cmd: Cmd) -> Cmd:
         """Open and close connections in a loop until t1 (or max_cycles)."""
         t1 = float(cmd["t1"])
@@ -527,13 +663,15 @@ class Worker:
         hold = float(cmd.get("hold", 0.2))
         parallel = int(cmd.get("parallel", 20))
         max_cycles = int(cmd.get("max_cycles", 1_000_000))
+        proto = str(cmd.get("proto", "raw"))
+        channel = str(cmd.get("channel", "news"))
         counts: Counter[str] = Counter()
 
         async def churner() -> None:
             while time.monotonic() < t1 and counts["cycles"] < max_cycles:
                 counts["cycles"] += 1
                 try:
-                    c = await self.open_one(path, "churn", 0, sources, 5.0)
+                    c = await self.open_one(path, "churn", 0, sources, 5.0, proto, channel)
                 except Exception as exc:
                     counts["connect_errors"] += 1
                     counts["err:" + _err_name(exc)] += 1

@@ -8,7 +8,9 @@ encoder, and an incremental parser that counts server frames from their headers
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
+import json
 import os
 import struct
 
@@ -38,7 +40,10 @@ def accept_for(key: bytes) -> bytes:
     return base64.b64encode(hashlib.sha1(key + GUID).digest())
 
 
-def handshake_request(host: str, port: int, path: str, key: bytes) -> bytes:
+def handshake_request(
+    host: str, port: int, path: str, key: bytes, subprotocol: str | None = None
+) -> bytes:
+    offer = f"Sec-WebSocket-Protocol: {subprotocol}\r\n" if subprotocol else ""
     return (
         f"GET {path} HTTP/1.1\r\n"
         f"Host: {host}:{port}\r\n"
@@ -46,12 +51,15 @@ def handshake_request(host: str, port: int, path: str, key: bytes) -> bytes:
         "Connection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {key.decode()}\r\n"
         "Sec-WebSocket-Version: 13\r\n"
+        f"{offer}"
         "\r\n"
     ).encode()
 
 
-def parse_handshake_response(buf: bytes, key: bytes) -> tuple[bool, bytes]:
-    """Check an upgrade response.
+def parse_handshake_response(
+    buf: bytes, key: bytes, subprotocol: str | None = None
+) -> tuple[bool, bytes]:
+    """Check an upgrade response (and, when one was offered, the chosen subprotocol).
 
     Returns (complete, rest): complete is False while the header block is not
     fully received; rest holds bytes after the headers (early frames).
@@ -77,6 +85,8 @@ def parse_handshake_response(buf: bytes, key: bytes) -> tuple[bool, bytes]:
         raise HandshakeError("missing Connection: Upgrade")
     if headers.get("sec-websocket-accept", "").encode() != accept_for(key):
         raise HandshakeError("bad Sec-WebSocket-Accept")
+    if subprotocol is not None and headers.get("sec-websocket-protocol") != subprotocol:
+        raise HandshakeError(f"server did not choose subprotocol {subprotocol}")
     return True, buf[end + 4 :]
 
 
@@ -109,6 +119,70 @@ def encode_frame(
 def make_payload(size: int, pub_id: int, seq: int, t_ns: int) -> bytes:
     head = PAYLOAD_HEADER.pack(t_ns, pub_id, seq)
     return head + b"x" * max(0, size - len(head))
+
+
+# fanout.v1 ------------------------------------------------------------------------------
+# The JSON `data` a v1 publisher sends carries the same header as a raw payload (send time,
+# publisher id, sequence), as 32 fixed-width hex digits right after `{"h":"`, then padding:
+#   {"h":"<32 hex>","x":"xxxx"}
+# A receiver finds it in the first bytes of a publication `{"ch":C,"d":{"h":"...` with one
+# `find` and one `unhexlify`, without decoding the JSON.
+V1_SUBPROTOCOL = "fanout.v1"
+V1_MARK = b'"h":"'
+_HEX = 2 * PAYLOAD_HEADER.size
+_JSON_HEAD = b'{"h":"'
+_JSON_MID = b'","x":"'
+_JSON_TAIL = b'"}'
+JSON_PAYLOAD_MIN = len(_JSON_HEAD) + _HEX + len(_JSON_MID) + len(_JSON_TAIL)
+"""The smallest JSON data that holds the header (47 bytes)."""
+
+
+def make_json_data(size: int, pub_id: int, seq: int, t_ns: int) -> bytes:
+    """JSON data of exactly ``max(size, JSON_PAYLOAD_MIN)`` bytes carrying the header."""
+    head = binascii.hexlify(PAYLOAD_HEADER.pack(t_ns, pub_id, seq))
+    pad = b"x" * max(0, size - JSON_PAYLOAD_MIN)
+    return _JSON_HEAD + head + _JSON_MID + pad + _JSON_TAIL
+
+
+def v1_sub(id: int, channel: str) -> bytes:
+    """The ``sub`` command (a text frame's payload)."""
+    return b'{"id":%d,"op":"sub","ch":%b}' % (id, json.dumps(channel).encode())
+
+
+def v1_pub_prefix(channel: str) -> bytes:
+    """The bytes of a ``pub`` command (no id: no reply) before its data."""
+    return b'{"op":"pub","ch":%b,"data":' % json.dumps(channel).encode()
+
+
+def v1_prefix_len(channel: str) -> int:
+    """Payload bytes a receiver keeps to find the header in a JSON publication
+    (room for the envelope, an offset on history channels, and the header)."""
+    return len(json.dumps(channel)) + 64 + _HEX
+
+
+def v1_headers(prefixes: list[bytes]) -> list[bytes]:
+    """The raw-layout headers (``PAYLOAD_HEADER``) of the publications among fanout.v1
+    payload prefixes; replies, events and other data are left out."""
+    out = []
+    for p in prefixes:
+        i = p.find(V1_MARK)
+        if i >= 0:
+            j = i + len(V1_MARK)
+            if len(p) >= j + _HEX:
+                try:
+                    out.append(binascii.unhexlify(p[j : j + _HEX]))
+                except binascii.Error:
+                    continue
+    return out
+
+
+def v1_reply_status(prefix: bytes) -> str | None:
+    """``"res"`` or ``"error"`` when the payload starts like a reply to command 1, else None."""
+    if prefix.startswith(b'{"id":1,"res"'):
+        return "res"
+    if prefix.startswith(b'{"id":1,"error"'):
+        return "error"
+    return None
 
 
 class FrameParser:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,16 @@ GOALS = {
 }
 
 Runs = dict[str, dict[str, list[dict[str, Any]]]]  # key -> server -> results
+RAW_FANOUT = re.compile(r"fanout-(\d+)$")
+"""Plan keys of raw fan-out runs (``fanout-1000``; not ``fanout-v1-1000``)."""
+BROKER_TITLE = "## fanout.v1 and the HTTP API"
+BROKER_GOALS = {"v1_deliveries": 1_000_000, "v1_vs_raw": 0.8, "api_requests": 10_000}
+
+
+def fanout_keys(runs: Runs | dict[str, Any]) -> list[str]:
+    """Raw fan-out keys, by subscriber count."""
+    keys = [k for k in runs if RAW_FANOUT.match(k)]
+    return sorted(keys, key=lambda k: int(k[7:]))
 
 
 def load(path: Path | None) -> tuple[dict[str, Any], Path]:
@@ -75,7 +86,7 @@ def metric_rows(runs: Runs, servers: list[str]) -> list[tuple[str, dict[str, dic
             return
         rows.append((label, {s: med([get(r) for r in runs[key].get(s, [])]) for s in servers}))
 
-    for key in sorted((k for k in runs if k.startswith("fanout-")), key=lambda k: int(k[7:])):
+    for key in fanout_keys(runs):
         n = int(key[7:])
         add(f"fan-out deliveries/s, {n:,} subscribers", key, lambda r: r["deliveries_per_s"])
     if "latency" in runs:
@@ -155,7 +166,7 @@ def plots(runs: Runs, servers: list[str], docs: Path) -> list[str]:
         ax.errorbar(x, y, yerr=[lo, hi], capsize=3, label=label, **kw)
 
     # Throughput vs subscribers
-    keys = sorted((k for k in runs if k.startswith("fanout-")), key=lambda k: int(k[7:]))
+    keys = fanout_keys(runs)
     if keys:
         fig, ax = plt.subplots(figsize=(7, 4.2))
         xs = [float(k[7:]) for k in keys]
@@ -304,10 +315,253 @@ def extras_section(extras: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def is_broker_key(key: str) -> bool:
+    return key.startswith(("fanout-v1-", "api-"))
+
+
+def _by_repeat(doc: dict[str, Any], key: str, server: str) -> dict[int, dict[str, Any]]:
+    return {
+        r["repeat"]: r["result"]
+        for r in doc["runs"]
+        if r["key"] == key and r["server"] == server and "result" in r
+    }
+
+
+def broker_rows(doc: dict[str, Any], servers: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """Figures of issue 9's performance goals, per server: raw vs fanout.v1 fan-out in the
+    same run, and the HTTP API beside the plain JSON route."""
+    runs = group(doc)
+    rows: list[tuple[str, dict[str, Any]]] = []
+
+    def add(label: str, key: str, get: Callable[[dict[str, Any]], float | None]) -> None:
+        if key in runs:
+            rows.append((label, {s: med([get(r) for r in runs[key].get(s, [])]) for s in servers}))
+
+    for key in sorted((k for k in runs if k.startswith("fanout-v1-")), key=lambda k: int(k[10:])):
+        n = int(key[10:])
+        raw = f"fanout-{n}"
+        add(f"raw `/ws/broadcast` deliveries/s, {n:,} subscribers", raw, _deliveries)
+        add(f"fanout.v1 `/ws` deliveries/s, {n:,} subscribers", key, _deliveries)
+        add(f"raw: server CPU ns/delivery, {n:,} subscribers", raw, _ns_per_delivery)
+        add(f"fanout.v1: server CPU ns/delivery, {n:,} subscribers", key, _ns_per_delivery)
+        ratios: dict[str, Any] = {}
+        for s in servers:
+            a, b = _by_repeat(doc, key, s), _by_repeat(doc, raw, s)
+            ratios[s] = med(
+                [a[i]["deliveries_per_s"] / b[i]["deliveries_per_s"] for i in a if i in b]
+            )
+        rows.append((f"fanout.v1 / raw, {n:,} subscribers (per repeat)", ratios))
+    for key, what in (("api-publish", "`POST /api/publish`"), ("api-healthz", "`GET /healthz`")):
+        add(f"{what} requests/s", key, lambda r: r["requests_per_s"])
+        add(f"{what} p50 ms", key, lambda r: (r["latency"] or {}).get("p50_ms"))
+        add(f"{what} p99 ms", key, lambda r: (r["latency"] or {}).get("p99_ms"))
+        add(
+            f"{what} server CPU us/request",
+            key,
+            lambda r: r.get("server_cpu_us_per_request"),
+        )
+    add(
+        "`POST /api/publish`: publishes delivered to each subscriber (ratio)",
+        "api-publish",
+        lambda r: r.get("delivery_ratio"),
+    )
+    return rows
+
+
+def _deliveries(r: dict[str, Any]) -> float | None:
+    return float(r["deliveries_per_s"])
+
+
+def _ns_per_delivery(r: dict[str, Any]) -> float | None:
+    """The server's CPU time per delivery: what a run costs, less sensitive than the rate
+    to other work on a shared machine."""
+    cpu, rate = r.get("server_cpu_util"), r.get("deliveries_per_s")
+    return 1e9 * cpu / rate if cpu and rate else None
+
+
+def broker_goals(doc: dict[str, Any]) -> str:
+    runs = group(doc)
+
+    def m(key: str, get: Callable[[dict[str, Any]], float | None]) -> float | None:
+        vals = [v for v in (get(r) for r in runs.get(key, {}).get(BASE, [])) if v is not None]
+        return stats.percentile(vals, 50) if vals else None
+
+    v1 = m("fanout-v1-1000", _deliveries)
+    a, b = _by_repeat(doc, "fanout-v1-1000", BASE), _by_repeat(doc, "fanout-1000", BASE)
+    pairs = [a[i]["deliveries_per_s"] / b[i]["deliveries_per_s"] for i in a if i in b]
+    ratio = stats.percentile(pairs, 50) if pairs else None
+    api = m("api-publish", lambda r: r["requests_per_s"])
+
+    def row(label: str, goal: str, val: float | None, target: float) -> str:
+        verdict = "-" if val is None else ("met" if val >= target else "not met")
+        return f"| {label} | {goal} | {fmt(val)} | {verdict} |"
+
+    return "\n".join(
+        [
+            "| goal (Fanout, one worker core) | target | measured (median) | |",
+            "|---|---|---|---|",
+            row(
+                "fanout.v1 deliveries/s, 1k subscribers, 64 B JSON data",
+                "≥ 1,000,000",
+                v1,
+                BROKER_GOALS["v1_deliveries"],
+            ),
+            row(
+                "fanout.v1 / raw `/ws/broadcast`, same run",
+                "≥ 0.80",
+                ratio,
+                BROKER_GOALS["v1_vs_raw"],
+            ),
+            row(
+                "`POST /api/publish` requests/s, keep-alive",
+                "≥ 10,000",
+                api,
+                BROKER_GOALS["api_requests"],
+            ),
+        ]
+    )
+
+
+def broker_section(doc: dict[str, Any], path: Path, notes: str = "") -> str:
+    """``## fanout.v1 and the HTTP API``: the side-by-side figures of one compare run."""
+    runs = group(doc)
+    keys = [k for k in runs if is_broker_key(k) or RAW_FANOUT.match(k)]
+    servers = [s for s in doc["servers"] if any(s in runs[k] for k in keys)]
+    lines = [
+        "| figure | " + " | ".join(servers) + " |",
+        "|---|" + "---|" * len(servers),
+    ]
+    for label, cols in broker_rows(doc, servers):
+        base = cols.get(BASE)
+        ratio_row = "/ raw" in label or "ratio" in label
+        lines.append(
+            f"| {label} | "
+            + " | ".join(cell(cols[s], None if ratio_row or s == BASE else base) for s in servers)
+            + " |"
+        )
+    before = ""
+    if "fanout-before" in servers and "fanout-1000" in runs:
+        b = med([r["deliveries_per_s"] for r in runs["fanout-1000"].get("fanout-before", [])])
+        a = med([r["deliveries_per_s"] for r in runs["fanout-1000"].get(BASE, [])])
+        if b.get("n") and a.get("n"):
+            before = (
+                f"\nRaw fan-out (`/ws/broadcast`, 1,000 subscribers) before and after the broker"
+                f" changes in the same run: {cell(b, None)} deliveries/s with `fanout-before`"
+                f" -> {cell(a, None)} with `fanout` (x{a['median'] / b['median']:.2f}).\n"
+            )
+    busy = [r["busy_before"] for r in doc["runs"] if "busy_before" in r]
+    loads = [r["loadavg_before"] for r in doc["runs"] if "loadavg_before" in r]
+    busy_note = (
+        f"Machine busy-ness before each run (other work on the shared machine): median "
+        f"{stats.percentile(busy, 50):.0%}, max {max(busy):.0%} of both cores; "
+        f"{sum(1 for x in busy if x > 0.15)} of {len(busy)} runs started above 15%; "
+        f"1-minute load average {min(loads):.2f}-{max(loads):.2f}."
+        if busy and loads
+        else ""
+    )
+    src = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    mach = doc["machine"]
+    cmds = []
+    server_dir = mach.get("server_dir")
+    compare_cmd = doc["command"]
+    if server_dir and Path(server_dir) != REPO:
+        commit = mach.get("server_commit") or "HEAD"
+        cmds.append(f"mkdir -p {server_dir} && git archive {commit} | tar -x -C {server_dir}")
+        compare_cmd = f"BENCH_FANOUT_DIR={server_dir} BENCH_FANOUT_COMMIT={commit} {compare_cmd}"
+    if "fanout-before" in doc["servers"]:
+        base_dir = doc["servers"]["fanout-before"].split(" at ", 1)[-1].split(",", 1)[0]
+        cmds.append(f"mkdir -p {base_dir} && git archive main | tar -x -C {base_dir}")
+        if "BENCH_BASELINE_DIR" not in compare_cmd:
+            compare_cmd = f"BENCH_BASELINE_DIR={base_dir} {compare_cmd}"
+    cmds.append(compare_cmd)
+    cmds.append(f"python -m bench report --section broker --input {src}")
+    commands = "\n".join(cmds)
+    return f"""{BROKER_TITLE}
+
+Issue 9's performance figures, generated by `python -m bench report --section broker` from
+`{src}` (started {doc["started"]}, Fanout commit `{mach.get("server_commit") or mach["commit"]}`,
+{mach["cpu"]}, {mach["cores"]} cores). Median of {doc["repeats"]} runs per cell, servers
+alternating; one-worker servers pinned to core 0, the clients to core 1.
+
+- Fan-out: the raw rows are today's suite (64-byte binary payloads on `/ws/broadcast`); the
+  fanout.v1 rows connect the same raw clients to `/ws` with `Sec-WebSocket-Protocol: fanout.v1`,
+  send one `{{"id":1,"op":"sub","ch":"news"}}`, wait for its reply, then count frames from their
+  headers as before. The publisher (subscribed, window of 32) sends
+  `{{"op":"pub","ch":"news","data":D}}` with 64-byte JSON `D` =
+  `{{"h":"<send time, publisher, sequence as 32 hex digits>","x":"<padding>"}}`; subscribers get
+  `{{"ch":"news","d":D}}` (82 bytes).
+- HTTP API: keep-alive HTTP/1.1 connections (32, one request in flight on each, split over 2
+  client processes of raw asyncio clients that parse only the status line and
+  `Content-Length`), the same request again as soon as its response is in. `POST /api/publish`
+  sends `{{"channel":"news","data":D}}` with `X-API-Key`; two fanout.v1 subscribers on `news`
+  count the publications that arrive. `GET /healthz` (a plain Starlette `JSONResponse` route
+  on the same server) is the baseline: the difference is what the API itself costs.
+  Server CPU us/request = the server's CPU time over the window / requests answered (and
+  ns/delivery likewise): the cost of a request or a delivery, which other work on a shared
+  machine moves less than it moves the rates.
+{before}
+{chr(10).join(lines)}
+
+{broker_goals(doc)}
+
+{busy_note}
+{notes}
+Commands:
+
+```
+{commands}
+```
+"""
+
+
+def splice(md: str, title: str, section: str) -> str:
+    """``md`` with the ``title`` section (up to the next ``## `` heading) replaced by
+    ``section``, or with ``section`` put before ``## How this was measured`` (else at the end)."""
+    start = md.find(title + "\n")
+    if start >= 0:
+        nxt = md.find("\n## ", start + len(title))
+        end = len(md) if nxt < 0 else nxt + 1
+        return md[:start] + section.rstrip("\n") + "\n\n" + md[end:].lstrip("\n")
+    anchor = md.find("## How this was measured")
+    if anchor >= 0:
+        return md[:anchor] + section.rstrip("\n") + "\n\n" + md[anchor:]
+    return md.rstrip("\n") + "\n\n" + section
+
+
+def existing_section(md: str, title: str) -> str | None:
+    start = md.find(title + "\n")
+    if start < 0:
+        return None
+    nxt = md.find("\n## ", start + len(title))
+    return md[start : len(md) if nxt < 0 else nxt + 1]
+
+
+def load_broker(path: Path | None) -> tuple[dict[str, Any], Path]:
+    """The given results file, or the newest compare-*.json with broker runs."""
+    if path is not None:
+        return json.loads(path.read_text()), path
+    found = sorted(RESULTS.glob("compare-*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for f in found:
+        doc = json.loads(f.read_text())
+        if any(is_broker_key(r["key"]) for r in doc["runs"]):
+            return doc, f
+    raise SystemExit(
+        "no compare results with fanout-v1-*/api-* runs: run `python -m bench compare`"
+    )
+
+
 def main(args: argparse.Namespace) -> None:
-    doc, path = load(Path(args.input) if args.input else None)
     docs = Path(args.docs)
     docs.mkdir(parents=True, exist_ok=True)
+    target = docs / "benchmarks.md"
+    old_md = target.read_text() if target.exists() else ""
+    if getattr(args, "section", None) == "broker":
+        bdoc, bpath = load_broker(Path(args.input) if args.input else None)
+        md = splice(old_md or "# Benchmarks\n", BROKER_TITLE, broker_section(bdoc, bpath))
+        target.write_text(md)
+        print(json.dumps({"markdown": str(target), "section": BROKER_TITLE, "source": str(bpath)}))
+        return
+    doc, path = load(Path(args.input) if args.input else None)
     runs = group(doc)
     servers = list(doc["servers"])
     extras = [json.loads(p.read_text()) for p in sorted(path.parent.glob("extra-*.json"))]
@@ -418,5 +672,12 @@ cores); its workers share broadcasts through its default `FANOUT_BACKEND=local:/
             )
             + "\n"
         )
-    (docs / "benchmarks.md").write_text(md)
-    print(json.dumps({"markdown": str(docs / "benchmarks.md"), "plots": made, "source": str(path)}))
+    # The broker section: from this run when it has broker runs, else kept from the last report.
+    if any(is_broker_key(k) for k in runs):
+        md = splice(md, BROKER_TITLE, broker_section(doc, path))
+    else:
+        kept = existing_section(old_md, BROKER_TITLE)
+        if kept is not None:
+            md = splice(md, BROKER_TITLE, kept)
+    target.write_text(md)
+    print(json.dumps({"markdown": str(target), "plots": made, "source": str(path)}))

@@ -4,6 +4,7 @@ alternating servers, repeated, saved as one JSON file for ``python -m bench repo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -19,6 +20,7 @@ from typing import Any
 
 from bench import scenarios, servers
 from bench.client import raise_fd_limit
+from bench.http_load import API_KEY
 from bench.summary import summarize
 
 RESULTS = servers.REPO / "bench" / "results"
@@ -31,6 +33,11 @@ class Item:
     scenario: str
     run: Callable[[scenarios.Target], dict[str, Any]]
     params: dict[str, Any] = field(default_factory=dict)
+    broker_only: bool = False
+    """Needs fanout.v1 or the HTTP API: run only on servers that have them."""
+
+    def applies(self, spec: servers.ServerSpec) -> bool:
+        return spec.broker or not self.broker_only
 
 
 def plan(quick: bool, subscribers: list[int]) -> list[Item]:
@@ -39,10 +46,22 @@ def plan(quick: bool, subscribers: list[int]) -> list[Item]:
     def fan(n: int) -> Callable[[scenarios.Target], dict[str, Any]]:
         return lambda t: scenarios.fanout(t, subscribers=n, duration=d, warmup=1.0)
 
-    items = [
-        Item(f"fanout-{n}", "fanout", fan(n), {"subscribers": n, "duration": d})
-        for n in subscribers
-    ]
+    def fan_v1(n: int) -> Callable[[scenarios.Target], dict[str, Any]]:
+        return lambda t: scenarios.fanout(
+            dataclasses.replace(t, protocol="v1"), subscribers=n, duration=d, warmup=1.0, path="/ws"
+        )
+
+    def api(endpoint: str) -> Callable[[scenarios.Target], dict[str, Any]]:
+        return lambda t: scenarios.api(t, endpoint=endpoint, duration=d, warmup=1.0)
+
+    items = []
+    for n in subscribers:
+        items.append(Item(f"fanout-{n}", "fanout", fan(n), {"subscribers": n, "duration": d}))
+        v1_params = {"subscribers": n, "duration": d, "protocol": "fanout.v1", "data": "64 B JSON"}
+        items.append(Item(f"fanout-v1-{n}", "fanout", fan_v1(n), v1_params, broker_only=True))
+    for endpoint in scenarios.API_ENDPOINTS:
+        api_params = {"endpoint": endpoint, "connections": 32, "subscribers": 2, "duration": d}
+        items.append(Item(f"api-{endpoint}", "api", api(endpoint), api_params, broker_only=True))
     rates = [20.0, 50.0, 100.0]
     items.append(
         Item(
@@ -155,7 +174,15 @@ def main(args: argparse.Namespace) -> None:
         items = [i for i in items if i.key in args.only]
     runs: list[dict[str, Any]] = []
     todo = [
-        (item, rep, names[(i + rep) % len(names) :] + names[: (i + rep) % len(names)])
+        (
+            item,
+            rep,
+            [
+                n
+                for n in names[(i + rep) % len(names) :] + names[: (i + rep) % len(names)]
+                if item.applies(specs[n])
+            ],
+        )
         for rep in range(args.repeats)
         for i, item in enumerate(items)
     ]
@@ -203,6 +230,7 @@ def main(args: argparse.Namespace) -> None:
                         rss_kb=srv.rss_kb,
                         cpu_seconds=srv.cpu_seconds,
                         client_cpus=[1] if pin else None,
+                        api_key=API_KEY,
                     )
                     result = item.run(target)
                     entry["server_alive_after"] = srv.alive()

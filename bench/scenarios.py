@@ -4,6 +4,7 @@ on loopback, is bounded in count and time, and returns a JSON-able dict of figur
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import multiprocessing as mp
 import sys
@@ -16,7 +17,8 @@ from typing import Any
 
 from bench import stats
 from bench.client import Cmd, raise_fd_limit, worker_main
-from bench.protocol import PAYLOAD_MIN
+from bench.http_load import API_KEY, build_request, publish_body
+from bench.protocol import JSON_PAYLOAD_MIN, PAYLOAD_MIN, make_json_data
 from bench.servers import core_util, cpu_times
 
 Result = dict[str, Any]
@@ -34,6 +36,11 @@ class Target:
     rss_kb: Callable[[], int] | None = None
     cpu_seconds: Callable[[], float] | None = None
     client_cpus: list[int] | None = None
+    protocol: str = "raw"
+    """How WebSocket clients speak: ``raw`` (the path's channel) or ``v1`` (fanout.v1 on
+    ``/ws``: subprotocol, one ``sub`` to ``channel``, publishes as ``pub`` with JSON data)."""
+    channel: str = "news"
+    api_key: str = API_KEY
 
 
 def sources_for(n: int) -> list[str]:
@@ -118,10 +125,22 @@ class Fleet:
     def all_subs(self, cmd: Cmd, timeout: float) -> list[Cmd]:
         return list(self.request({i: dict(cmd) for i in self.sub_workers}, timeout).values())
 
+    @property
+    def speech(self) -> Cmd:
+        """The protocol fields of every connect and churn command."""
+        return {"proto": self.target.protocol, "channel": self.target.channel}
+
     def connect_subs(
-        self, n: int, role: str = "sub", prefix: int = 0, concurrency: int = 200, **kw: Any
+        self,
+        n: int,
+        role: str = "sub",
+        prefix: int = 0,
+        concurrency: int = 200,
+        workers: list[int] | None = None,
+        **kw: Any,
     ) -> Result:
-        counts = split(n, len(self.sub_workers))
+        workers = self.sub_workers if workers is None else workers
+        counts = split(n, len(workers))
         timeout = 30.0 + n / 200.0
         cmds = {
             w: {
@@ -132,9 +151,10 @@ class Fleet:
                 "concurrency": concurrency,
                 "sources": sources_for(n),
                 "deadline": timeout - 5,
+                **self.speech,
                 **kw,
             }
-            for w, c in zip(self.sub_workers, counts, strict=True)
+            for w, c in zip(workers, counts, strict=True)
             if c > 0
         }
         replies = list(self.request(cmds, timeout).values())
@@ -160,6 +180,8 @@ class Fleet:
                     "role": "pub",
                     "prefix": PAYLOAD_MIN,
                     "publish": publish,
+                    "path": publish.get("path", "/ws/broadcast"),
+                    **self.speech,
                 }
             },
             30.0,
@@ -269,6 +291,13 @@ def _wait_until(t: float, label: str, t0: float, t1: float) -> None:
         time.sleep(min(0.25, t - now))
 
 
+def _speech(target: Target, path: str) -> Result:
+    """How the clients spoke, for a result's params."""
+    if target.protocol == "v1":
+        return {"protocol": "fanout.v1", "path": path, "channel": target.channel}
+    return {"protocol": "raw", "path": path}
+
+
 def _procs_for(n: int, procs: int) -> int:
     return max(procs, math.ceil(n / PER_PROC_MAX))
 
@@ -312,6 +341,7 @@ def fanout(
             "rate": rate,
             "duration": duration,
             "procs": procs,
+            **_speech(target, path),
         },
         "connect": conn,
         **m,
@@ -349,6 +379,7 @@ def latency(
             "size": size,
             "duration": duration,
             "procs": procs,
+            **_speech(target, path),
         },
         "connect": conn,
         "phases": phases,
@@ -515,6 +546,7 @@ def churn(
                 "hold": hold,
                 "path": path,
                 "sources": sources_for(subscribers),
+                **fleet.speech,
             }
             for w, c in zip(fleet.sub_workers, per, strict=True)
         }
@@ -592,3 +624,136 @@ def slow_consumer(
         "fast_p99_ratio": ratio(lat_a.get("p99_ms"), lat_b.get("p99_ms")),
         "server_rss_growth_kb": (after.get("server_rss_kb", 0) - rss0) if rss0 else None,
     }
+
+
+API_ENDPOINTS = ("publish", "healthz")
+
+
+def api(
+    target: Target,
+    endpoint: str = "publish",
+    connections: int = 32,
+    subscribers: int = 2,
+    size: int = 64,
+    duration: float = 5.0,
+    warmup: float = 1.0,
+    max_requests: int = 2_000_000,
+    procs: int = 2,
+) -> Result:
+    """HTTP requests/s and latency over keep-alive connections, one request in flight on
+    each: ``POST /api/publish`` (64-byte JSON data to ``target.channel``) or, as the
+    baseline of a plain Starlette JSON route on the same server, ``GET /healthz``.
+
+    ``subscribers`` fanout.v1 clients on the channel count the publications that arrive,
+    so the figure is of publishes delivered, not only answered."""
+    if endpoint not in API_ENDPOINTS:
+        raise ValueError(f"endpoint must be one of {', '.join(API_ENDPOINTS)}")
+    host, port = target.host, target.port
+    if endpoint == "publish":
+        data = make_json_data(max(size, JSON_PAYLOAD_MIN), 0, 0, time.time_ns())
+        body = publish_body(target.channel, data)
+        headers = {"X-API-Key": target.api_key, "Content-Type": "application/json"}
+        request = build_request(host, port, "POST", "/api/publish", body, headers)
+    else:
+        request = build_request(host, port, "GET", "/healthz")
+    v1 = dataclasses.replace(target, protocol="v1")
+    with Fleet(v1, procs) as fleet:
+        conn: Result = {"ok": 0, "failed": 0, "errors": {}}
+        if subscribers:
+            conn = fleet.connect_subs(subscribers, workers=[0], path="/ws")
+            _check_connected(conn, subscribers, "subscriber")
+            fleet.request({0: {"op": "mark"}}, 10)
+        now = time.monotonic()
+        start = now + 1.0
+        t0 = start + warmup
+        t1 = t0 + duration
+        load = fleet.sub_workers
+        cmds = {
+            w: {
+                "op": "api",
+                "request": request.hex(),
+                "connections": c,
+                "max_requests": m,
+                "sources": sources_for(connections),
+                "start": start,
+                "t0": t0,
+                "t1": t1,
+            }
+            for w, c, m in zip(
+                load,
+                split(connections, len(load)),
+                split(max_requests, len(load)),
+                strict=True,
+            )
+            if c > 0
+        }
+        for w, c in cmds.items():
+            fleet.pipes[w].send(c)
+        _wait_until(t0, f"api {endpoint} {target.name}", t0, t1)
+        cpu0 = target.cpu_seconds() if target.cpu_seconds else None
+        cores0 = cpu_times()
+        _wait_until(t1, f"api {endpoint} {target.name}", t0, t1)
+        cpu1 = target.cpu_seconds() if target.cpu_seconds else None
+        cores = core_util(cores0, cpu_times())
+        rss = target.rss_kb() if target.rss_kb else None
+        progress_done()
+        deadline = time.monotonic() + 30
+        replies = [fleet.recv(w, "api", deadline) for w in cmds]
+        ok_total = sum(v for r in replies for k, v in r["statuses"].items() if k.startswith("2"))
+        received: list[int] = []
+        if subscribers:
+            expect = ok_total * subscribers if endpoint == "publish" else 0
+            got = fleet.request({0: {"op": "count", "expect": expect, "timeout": 5.0}}, 15)[0]
+            received = got["frames"]
+    done = sum(r["done_window"] for r in replies)
+    statuses: dict[str, int] = {}
+    for r in replies:
+        for k, v in r["window_statuses"].items():
+            statuses[k] = statuses.get(k, 0) + v
+    errors: dict[str, int] = {}
+    for r in replies:
+        for k, v in r["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+    lat = stats.merge_samples([r["latencies"] for r in replies])
+    ok_window = sum(v for k, v in statuses.items() if k.startswith("2"))
+    out: Result = {
+        "scenario": "api",
+        "server": target.name,
+        "params": {
+            "endpoint": endpoint,
+            "method": "POST /api/publish" if endpoint == "publish" else "GET /healthz",
+            "connections": connections,
+            "subscribers": subscribers,
+            "size": size if endpoint == "publish" else 0,
+            "duration": duration,
+            "warmup": warmup,
+            "max_requests": max_requests,
+            "procs": procs,
+            "keep_alive": True,
+        },
+        "connect": conn,
+        "connections_open": sum(r["connections"] for r in replies),
+        "requests": done,
+        "requests_per_s": round(done / duration, 1),
+        "ok_per_s": round(ok_window / duration, 1),
+        "statuses": statuses,
+        "errors": errors,
+        "lost_connections": sum(r["lost"] for r in replies),
+        "latency": stats.latency_summary(lat),
+        "requests_total": sum(r["done"] for r in replies),
+        "ok_total": ok_total,
+        "delivered_per_subscriber": received,
+        "delivery_ratio": (
+            round(min(received) / ok_total, 4)
+            if received and ok_total and endpoint == "publish"
+            else None
+        ),
+        "client_cpu_util": round(sum(r["cpu_s"] for r in replies) / duration, 3),
+        "core_util": cores,
+    }
+    if cpu0 is not None and cpu1 is not None:
+        out["server_cpu_util"] = round((cpu1 - cpu0) / duration, 3)
+        out["server_cpu_us_per_request"] = round(1e6 * (cpu1 - cpu0) / done, 2) if done else None
+    if rss is not None:
+        out["server_rss_kb"] = rss
+    return out

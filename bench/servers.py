@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.http_load import API_KEY
+
 REPO = Path(__file__).resolve().parent.parent
 PEERS = Path(__file__).resolve().parent / "peers"
 NODE_DIR = PEERS / "node_ws"
@@ -36,6 +38,8 @@ class ServerSpec:
     prepare: Callable[[], None] | None = None
     cwd: Path | None = None
     """Directory to run from (default APP_DIR): another checkout for a before/after run."""
+    broker: bool = False
+    """Speaks fanout.v1 on /ws and serves the HTTP API (with the key ``BROKER_ENV`` sets)."""
 
 
 def free_port() -> int:
@@ -77,6 +81,8 @@ FANOUT_ENV = {
     "FANOUT_LOG_LEVEL": "warning",
 }
 _ENV_NOTE = " ".join(f"{k}={v}" for k, v in FANOUT_ENV.items())
+# Servers with the broker (fanout.v1, HTTP API) also get the key the `api` scenario sends.
+BROKER_ENV = {**FANOUT_ENV, "FANOUT_API_KEYS": API_KEY}
 
 
 def server_specs(workers: int = 2) -> dict[str, ServerSpec]:
@@ -101,21 +107,24 @@ def server_specs(workers: int = 2) -> dict[str, ServerSpec]:
         "fanout": ServerSpec(
             "fanout",
             _uvicorn("app.main:app"),
-            dict(FANOUT_ENV),
+            dict(BROKER_ENV),
             description=f"Fanout, 1 uvicorn worker ({_ENV_NOTE})",
+            broker=True,
         ),
         "fanout-asgi": ServerSpec(
             "fanout-asgi",
             _uvicorn("app.main:app"),
-            {**FANOUT_ENV, "FANOUT_DIRECT_WRITES": "false"},
+            {**BROKER_ENV, "FANOUT_DIRECT_WRITES": "false"},
             description="Fanout, 1 worker, plain ASGI sends (FANOUT_DIRECT_WRITES=false)",
+            broker=True,
         ),
         f"fanout-w{workers}": ServerSpec(
             f"fanout-w{workers}",
             _uvicorn("app.main:app", workers),
-            dict(FANOUT_ENV),
+            dict(BROKER_ENV),
             workers=workers,
             description=f"Fanout, {workers} uvicorn workers ({_ENV_NOTE})",
+            broker=True,
         ),
         "node-ws": ServerSpec(
             "node-ws",

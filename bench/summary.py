@@ -28,6 +28,8 @@ def summarize(r: dict[str, Any]) -> str:
     s = r.get("scenario")
     name = r.get("server", "?")
     p = r.get("params", {})
+    if p.get("protocol") == "fanout.v1":
+        name += " (fanout.v1)"
     if s == "fanout":
         return (
             f"[fanout] {name}: {_num(r['deliveries_per_s'])} deliveries/s to "
@@ -74,5 +76,20 @@ def summarize(r: dict[str, Any]) -> str:
             f"{_num((a['latency'] or {}).get('p99_ms'))} ms; {r['slow_still_open']}/"
             f"{r['slow_connected']} stalled clients still open; server RSS growth "
             f"{_num(r['server_rss_growth_kb'])} KB"
+        )
+    if s == "api":
+        cpu = r.get("server_cpu_us_per_request")
+        delivered = r.get("delivered_per_subscriber") or []
+        seen = (
+            f"; subscribers got {delivered} of {r['ok_total']:,} publishes"
+            if p["endpoint"] == "publish"
+            else ""
+        )
+        return (
+            f"[api] {name}: {p['method']} {r['requests_per_s']:,.0f} requests/s "
+            f"({r['ok_per_s']:,.0f} 2xx) over {r['connections_open']} keep-alive connections; "
+            f"{_lat(r['latency'])}; server CPU {_num(r.get('server_cpu_util'))} "
+            f"({_num(cpu)} us/request), client CPU {_num(r['client_cpu_util'])}; "
+            f"statuses {r['statuses']}{seen}"
         )
     return str(r)

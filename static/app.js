@@ -46,6 +46,7 @@
     statConnections: $("stat-connections"),
     statBroadcast: $("stat-broadcast"),
     statEcho: $("stat-echo"),
+    statWs: $("stat-ws"),
     statDelivered: $("stat-delivered"),
     statDropped: $("stat-dropped"),
     statsState: $("stats-state"),
@@ -287,7 +288,7 @@
 
   function showStatsLocked() {
     statsLocked = true;
-    for (const dd of [el.statConnections, el.statBroadcast, el.statEcho, el.statDelivered, el.statDropped]) {
+    for (const dd of [el.statConnections, el.statBroadcast, el.statEcho, el.statWs, el.statDelivered, el.statDropped]) {
       dd.textContent = "n/a";
     }
     el.statsExtra.textContent = "";
@@ -303,13 +304,15 @@
     const hasByEp = byEp !== null && typeof byEp === "object";
     const echo = hasByEp ? num(byEp.echo) ?? 0 : null;
     const broadcast = hasByEp ? num(byEp.broadcast) ?? 0 : null;
+    const v1 = hasByEp ? num(byEp.ws) ?? 0 : null; // the chat's fanout.v1 sockets
     let total = num(conns.total);
-    if (total === null && (echo !== null || broadcast !== null)) total = (echo || 0) + (broadcast || 0);
+    if (total === null && (echo !== null || broadcast !== null)) total = (echo || 0) + (broadcast || 0) + (v1 || 0);
     const msgs = (s && s.messages) || {};
 
     el.statConnections.textContent = formatNumber(total);
     el.statBroadcast.textContent = formatNumber(broadcast);
     el.statEcho.textContent = formatNumber(echo);
+    el.statWs.textContent = formatNumber(v1);
     el.statDelivered.textContent = formatNumber(num(msgs.delivered));
     el.statDropped.textContent = formatNumber(num(msgs.dropped));
 

@@ -55,3 +55,56 @@ def test_latency_smoke() -> None:
     assert lat["count"] > 0
     assert 0 <= lat["p50_ms"] <= lat["p99_ms"] <= lat["max_ms"]
     assert phase["subscribers_without_frames"] == 0
+
+
+def test_fanout_v1_smoke_100_protocol_subscribers() -> None:
+    r = run_bench(
+        "fanout", "--protocol", "v1", "--subscribers", "100", "--duration", "2", "--warmup", "0.5"
+    )
+    assert r["params"]["protocol"] == "fanout.v1" and r["params"]["path"] == "/ws"
+    assert r["connect"]["ok"] == 100 and r["connect"]["failed"] == 0
+    assert r["messages_sent"] > 0 and r["deliveries"] > 0
+    assert r["receivers"] == 101
+    assert r["subscribers_without_frames"] == 0
+    assert r["lost_connections"] == 0
+
+
+def test_latency_v1_finds_the_timestamp_in_the_json_data() -> None:
+    r = run_bench(
+        "latency",
+        "--protocol",
+        "v1",
+        "--subscribers",
+        "50",
+        "--rates",
+        "50",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.3",
+    )
+    phase = r["phases"][0]
+    assert phase["messages_sent"] > 0
+    assert phase["latency"]["count"] > 0
+    assert phase["subscribers_without_frames"] == 0
+
+
+def test_api_publish_smoke_counts_requests_and_deliveries() -> None:
+    r = run_bench(
+        "api", "--connections", "8", "--subscribers", "2", "--duration", "2", "--warmup", "0.5"
+    )
+    assert r["scenario"] == "api" and r["params"]["method"] == "POST /api/publish"
+    assert r["connections_open"] == 8
+    assert r["requests"] > 0 and set(r["statuses"]) == {"200"}
+    assert r["errors"] == {} and r["lost_connections"] == 0
+    assert r["latency"]["count"] > 0
+    # Every answered publish reached both subscribers.
+    assert r["delivered_per_subscriber"] == [r["ok_total"], r["ok_total"]]
+    assert r["delivery_ratio"] == 1.0
+
+
+def test_api_healthz_baseline_smoke() -> None:
+    r = run_bench("api", "--endpoint", "healthz", "--connections", "8", "--duration", "1")
+    assert r["params"]["method"] == "GET /healthz"
+    assert r["requests"] > 0 and set(r["statuses"]) == {"200"}
+    assert r["delivery_ratio"] is None

@@ -50,7 +50,7 @@ class Publisher:
         self.calls = 0
         self.result = result
 
-    def __call__(self) -> bytes:
+    async def __call__(self) -> bytes:
         self.calls += 1
         return self.result
 
@@ -121,7 +121,7 @@ async def test_a_failed_publish_releases_the_key(
 ) -> None:
     a, b = stores
 
-    def fail() -> bytes:
+    async def fail() -> bytes:
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):

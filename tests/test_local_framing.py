@@ -84,6 +84,21 @@ def test_an_event_stays_an_event_its_own_envelope_and_nothing_for_raw_sockets() 
     assert received.envelope("news") is received
 
 
+@pytest.mark.parametrize(
+    "sent",
+    [
+        Message.from_json(b'{"a": 1}').stamped(7, "e1"),
+        Message.from_text("t\u00e9xt").stamped(1, "epoch"),
+        Message.from_bytes(bytes(range(256))).stamped(2**40, ""),
+    ],
+)
+def test_a_history_publication_keeps_its_kind_offset_and_epoch(sent: Message) -> None:
+    [frame] = decode_all(framing.encode("h", sent))
+    received = frame.message()
+    assert (received.offset, received.epoch) == (sent.offset, sent.epoch)
+    assert (received.text, received.is_json, received.data) == (sent.text, sent.is_json, sent.data)
+
+
 def test_a_binary_message_comes_back_as_the_same_bytes_and_stays_binary() -> None:
     payload = bytes(range(256)) * 4
     [frame] = decode_all(framing.encode("room", Message.from_bytes(payload)))
@@ -179,7 +194,7 @@ def test_an_oversized_length_is_refused_from_the_header_alone() -> None:
         decoder.next()
 
 
-@pytest.mark.parametrize("kind", [0, 7, 255])
+@pytest.mark.parametrize("kind", [0, 8, 255])
 def test_an_unknown_kind_is_refused(kind: int) -> None:
     decoder = FrameDecoder(MAX)
     decoder.feed(header(3 + 1, kind, 0) + b"x")

@@ -49,6 +49,7 @@ COUNTERS = {
     "fanout_http_errors",
     "fanout_protocol_errors",
     "fanout_handshake_timeouts",
+    "fanout_drained_connections",
 }
 GAUGES = {
     "fanout_connections",
@@ -60,6 +61,7 @@ GAUGES = {
     "fanout_channels",
     "fanout_subscriptions",
     "fanout_presence_members",
+    "fanout_draining",
 }
 HISTOGRAMS = {"fanout_publish_to_write_seconds"}
 

@@ -1,7 +1,8 @@
 """The demo page fits a phone: no sideways scrolling at 320, 360 and 390 px, in real Chromium.
 
-Checked before and after connecting (the socket URL and a long unbroken message are the
-widest things the page shows). Screenshots land in test-output/page_mobile/.
+Checked before and after connecting the raw tester (the socket URL and a long unbroken
+message are the widest things the page shows), and with the chat joined. Screenshots land
+in test-output/page_mobile/.
 """
 
 from __future__ import annotations
@@ -100,5 +101,17 @@ def test_the_page_fits_a_phone_without_sideways_scrolling(
         expect(page.locator('#log li[data-kind="received"]')).to_have_count(1)
         _assert_fits(page, width, "connected")
         page.screenshot(path=str(SHOTS / f"page_{width}px.png"), full_page=True)
+
+        # The chat, joined, with a long channel name and one long word.
+        page.fill("#chat-name", "Ada")
+        page.click("#join-btn")
+        expect(page.locator("#chat-status")).to_have_attribute("data-state", "open")
+        page.fill("#new-channel", "chat.a-rather-long-channel-name-for-a-phone-0123456789")
+        page.press("#new-channel", "Enter")
+        page.fill("#chat-input", "y" * 200)
+        page.press("#chat-input", "Enter")
+        expect(page.locator('#chat-log li[data-kind="mine"]')).to_have_count(1)
+        _assert_fits(page, width, "chat joined")
+        page.screenshot(path=str(SHOTS / f"chat_{width}px.png"), full_page=True)
     finally:
         context.close()

@@ -1,4 +1,5 @@
-"""The admin key (FANOUT_ADMIN_KEY): what guards /stats and /metrics when it is set."""
+"""The admin key (FANOUT_ADMIN_KEY): what guards /stats and /metrics when it is set, and
+POST /api/drain always."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 KEY_HEADER = "x-admin-key"
 UNAUTHORIZED = {"error": {"code": 401, "message": "admin key required"}}
+NO_KEY_SET = {"error": {"code": 403, "message": "disabled: set FANOUT_ADMIN_KEY to use it"}}
 
 
 def admin_only(endpoint: Endpoint) -> Endpoint:
@@ -24,10 +26,22 @@ def admin_only(endpoint: Endpoint) -> Endpoint:
     The key comes as ``X-Admin-Key: K`` or ``Authorization: Bearer K`` and is compared in
     constant time. Without FANOUT_ADMIN_KEY the endpoint is open, as it always was.
     """
+    return _guard(endpoint, key_required=False)
 
+
+def admin_key_required(endpoint: Endpoint) -> Endpoint:
+    """:func:`admin_only` for endpoints that act rather than read (POST /api/drain): without
+    FANOUT_ADMIN_KEY they are not open but disabled, answering 403."""
+    return _guard(endpoint, key_required=True)
+
+
+def _guard(endpoint: Endpoint, *, key_required: bool) -> Endpoint:
     @functools.wraps(endpoint)
     async def guarded(request: Request) -> Response:
         key = settings_of(request).admin_key
+        if not key and key_required:
+            stats_service(request).http_error(403)
+            return JSONResponse(NO_KEY_SET, status_code=403)
         if key:
             presented = presented_keys(request.headers)
             if not any(_same(candidate, key) for candidate in presented):

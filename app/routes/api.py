@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Final
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -28,14 +29,23 @@ from app.services.api.codec import (
     json_body_limit,
 )
 from app.services.api.errors import ApiError, ErrorCode, encode_error
+from app.services.api.history import decode_history, encode_publications
 from app.services.api.keys import ApiKeys
 from app.services.api.publisher import ApiPublisher
+from app.services.history.store import HistoryUnavailable
 from app.services.protocol.commands import BAD_CHANNEL_MESSAGE, valid_channel
 
 logger = logging.getLogger(LOGGER_NAME)
 
 JSON: Final = "application/json"
-METHODS: Final = ("/api/publish", "/api/broadcast", "/api/presence", "/api/presence_stats")
+METHODS: Final = (
+    "/api/publish",
+    "/api/broadcast",
+    "/api/history",
+    "/api/drain",
+    "/api/presence",
+    "/api/presence_stats",
+)
 """The API's paths (besides /api/publish/{channel}), for 405 against 404."""
 PRESENCE_BODY_LIMIT: Final = 65_536
 """Largest body of a presence request (``{"channel": C}`` and whatever fields ride along)."""
@@ -68,6 +78,12 @@ async def presence(request: Request) -> Response:
 async def presence_stats(request: Request) -> Response:
     """``{"channel":C}`` -> ``{"result":{"clients":N,"users":N}}``."""
     return await _serve(request, _presence_stats)
+
+
+async def history(request: Request) -> Response:
+    """``{"channel":C,"since"?:{"offset","epoch"},"limit"?}`` -> ``{"result":{"publications":
+    [...],"offset":N,"epoch":E}}`` (Centrifugo's shape)."""
+    return await _serve(request, _history)
 
 
 async def unknown(request: Request) -> Response:
@@ -127,6 +143,27 @@ async def _presence_channel(request: Request, what: str) -> str:
     return channel
 
 
+async def _history(request: Request) -> bytes:
+    body = await read_body(request, 65_536)
+    command = decode_history(body)
+    node = node_of(request)
+    retention = node.history.retention(command.channel)
+    if retention is None:
+        raise ApiError(ErrorCode.NOT_FOUND, f"{command.channel} keeps no history")
+    since = (command.since.offset, command.since.epoch) if command.since is not None else None
+    try:
+        position, entries = await node.history.read(
+            command.channel, since, command.limit, retention
+        )
+    except HistoryUnavailable as exc:
+        raise ApiError(ErrorCode.SERVICE_UNAVAILABLE, "history unavailable") from exc
+    return b'{"result":{"publications":%b,"offset":%d,"epoch":%b}}' % (
+        encode_publications(entries),
+        position.offset,
+        msgspec.json.encode(position.epoch),
+    )
+
+
 async def _serve(request: Request, handler: Handler) -> Response:
     try:
         api_keys(request).check(request.headers)
@@ -181,13 +218,16 @@ def api_keys(request: Request) -> ApiKeys:
 
 def _publisher(request: Request) -> ApiPublisher:
     node = node_of(request)
-    return ApiPublisher(node.broadcast, node.stats, node.backend.status, node.idempotency)
+    return ApiPublisher(
+        node.broadcast, node.stats, node.backend.status, node.idempotency, node.history
+    )
 
 
 routes: list[BaseRoute] = [
     Route("/api/publish", publish, methods=["POST"]),
     Route("/api/broadcast", broadcast, methods=["POST"]),
     Route("/api/publish/{channel}", publish_body, methods=["POST"]),
+    Route("/api/history", history, methods=["POST"]),
     Route("/api/presence", presence, methods=["POST"]),
     Route("/api/presence_stats", presence_stats, methods=["POST"]),
     # Last: what the others did not take, answered in the API's shape rather than Starlette's.

@@ -47,10 +47,12 @@ async def fanout_v1(websocket: WebSocket) -> None:
         conn,
         auth=node.auth,
         presence=node.presence,
+        history=node.history,
         identity=identity,
         require_auth=settings.require_auth,
         max_subscriptions=settings.max_subscriptions,
         max_message_bytes=settings.max_message_bytes,
+        publish_limit=node_of(websocket).publish_limit,
     )
     code: int = CloseCode.NO_STATUS
     unyielded = 0
@@ -78,7 +80,7 @@ async def fanout_v1(websocket: WebSocket) -> None:
     except WebSocketDisconnect as exc:
         code = exc.code
     finally:
-        session.close()
+        await session.aclose()
         await service.disconnect(conn, code)
 
 

@@ -16,11 +16,16 @@ from app.server.socket import ServerSocket
 from app.services.broadcast import BroadcastService, peer_of
 from app.services.close_codes import CloseCode
 from app.services.connection import Connection
+from app.services.drain import close_reason
+from app.services.limits import RATE_LIMITED_REASON, address_of
 from app.services.message import Message
 from app.services.tokens import LEEWAY, Identity, TokenError
 
 OnMessage = Callable[[BroadcastService, Connection, Message], None]
 """What a socket route does with each message a client sends."""
+
+DRAINING = "draining"
+"""The refusal reason (and /stats ``rejected`` key) of a handshake during a drain."""
 
 V1_ENDPOINT = "ws"
 """The endpoint name of ``WS /ws`` (fanout.v1), whose refusals use its error shape."""
@@ -40,22 +45,35 @@ async def deny(
     reason: str,
     detail: str,
     body: dict[str, Any] | None = None,
+    retry_after: int = 1,
+    note: str = "",
 ) -> None:
     """Refuse a handshake with an HTTP status, or a close code where the server can't.
 
     The body is ``{"error": reason, "detail": detail}`` (the raw sockets' shape) unless
-    ``body`` is given (fanout.v1's ``{"error": {"code", "message"}}``).
+    ``body`` is given (fanout.v1's ``{"error": {"code", "message"}}``). A 503 carries
+    ``Retry-After: retry_after``; ``note`` goes to the log line only.
     """
-    stats_service(websocket).rejected(reason, peer_of(websocket), websocket.url.path)
+    stats_service(websocket).rejected(reason, peer_of(websocket), websocket.url.path, note)
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        headers = {"Retry-After": "1"} if status == 503 else None
+        headers = {"Retry-After": str(retry_after)} if status == 503 else None
         content = body if body is not None else {"error": reason, "detail": detail}
         response = JSONResponse(content, status, headers=headers)
         await websocket.send_denial_response(response)
         ServerSocket(websocket.scope).denial_sent()
+    elif reason == DRAINING:
+        hint = close_reason(retry_after)
+        await websocket.close(CloseCode.SERVICE_RESTART, hint)
     else:
-        code = CloseCode.TRY_AGAIN_LATER if status == 503 else CloseCode.POLICY_VIOLATION
-        await websocket.close(code, detail)
+        await websocket.close(_DENIAL_CLOSE_CODES.get(status, CloseCode.POLICY_VIOLATION), detail)
+
+
+_DENIAL_CLOSE_CODES = {
+    503: CloseCode.TRY_AGAIN_LATER,
+    403: CloseCode.FORBIDDEN,
+    429: CloseCode.CONNECTION_LIMIT,
+}
+"""Where a server cannot answer a handshake with HTTP: the close code for each status."""
 
 
 async def admit(
@@ -64,12 +82,23 @@ async def admit(
     """Register a client (its handshake not yet accepted) and say who it is, or refuse it
     with an HTTP status and return None.
 
-    Refusals: 503 at the worker's connection limit; 401 for an invalid ``?token=`` (or
-    none, on a raw socket where FANOUT_REQUIRE_AUTH is on: ``/ws`` may still ``connect``);
-    401/403 where the channel's rules do not let this client subscribe.
+    Refusals: 403 for a page's origin not allowed; 503 while the worker drains, and at its
+    connection limit; 401 for an invalid ``?token=`` (or none, on a raw socket where
+    FANOUT_REQUIRE_AUTH is on: ``/ws`` may still ``connect``); 401/403 where the channel's
+    rules do not let this client subscribe; 429 for an address over its quota.
     """
     node = node_of(websocket)
     v1 = endpoint == V1_ENDPOINT
+    origins = node.origins
+    if origins.restricts and not origins.allows(origin := websocket.headers.get("origin")):
+        note = f"Origin {origin[:200]!r} not allowed" if origin is not None else "no Origin header"
+        await refuse(websocket, 403, "origin", "origin not allowed", v1, note=note)
+        return None
+    if node.drain.draining:
+        await refuse(
+            websocket, 503, DRAINING, "server draining; reconnect", v1, node.drain.retry_after()
+        )
+        return None
     if not node.broadcast.has_capacity():
         await refuse(websocket, 503, "capacity", "server at its connection limit; retry later", v1)
         return None
@@ -90,13 +119,28 @@ async def admit(
             reason = "forbidden" if refusal.code == 403 else "auth_required"
             await refuse(websocket, refusal.code, reason, refusal.message, v1)
             return None
+    # Last, with nothing awaited before connect() counts the address in.
+    addresses = node.broadcast.addresses
+    if not addresses.allows(address := address_of(peer_of(websocket))):
+        note = f"{address} already holds {addresses.limit}"
+        detail = f"at most {addresses.limit} connections per address"
+        await refuse(websocket, 429, "per_ip", detail, v1, note=note)
+        return None
     return node.broadcast.connect(websocket, endpoint=endpoint, channel=channel), identity
 
 
-async def refuse(websocket: WebSocket, status: int, reason: str, detail: str, v1: bool) -> None:
+async def refuse(
+    websocket: WebSocket,
+    status: int,
+    reason: str,
+    detail: str,
+    v1: bool,
+    retry_after: int = 1,
+    note: str = "",
+) -> None:
     """:func:`deny` with the body shape of the socket's kind (fanout.v1's on ``/ws``)."""
     body = {"error": {"code": status, "message": detail}} if v1 else None
-    await deny(websocket, status, reason, detail, body)
+    await deny(websocket, status, reason, detail, body, retry_after, note)
 
 
 def expire_at_exp(conn: Connection, identity: Identity | None) -> asyncio.TimerHandle | None:
@@ -129,6 +173,8 @@ async def run_session(
     service = node.broadcast
     stats = service.stats  # shared: a bound method here would cost every idle socket
     limit = settings_of(websocket).max_message_bytes
+    publish_limit = node.publish_limit
+    bucket = publish_limit.bucket()  # None when there is no limit
     # Rules never change at run time: decided once, acted on at the first message.
     forbidden = (
         node.auth.may_publish(identity, channel, subscribed=True) if channel is not None else None
@@ -155,8 +201,16 @@ async def run_session(
                 code = CloseCode.FORBIDDEN
                 conn.close(code, forbidden.message)
                 break
-            stats.received()
-            on_message(service, conn, message)
+            if bucket is None or bucket.take():
+                stats.received()
+                on_message(service, conn, message)
+            elif bucket.exhausted:  # dropped, and the client keeps at it: closed
+                code = CloseCode.RATE_LIMITED
+                stats.rate_limited(conn, closing_over=publish_limit.describe())
+                conn.close(code, RATE_LIMITED_REASON)
+                break
+            else:  # over the publish rate: dropped and counted
+                stats.rate_limited(conn)
             unyielded += 1
             if unyielded == YIELD_EVERY:
                 unyielded = 0

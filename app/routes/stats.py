@@ -22,11 +22,15 @@ async def stats(request: Request) -> JSONResponse:
 
 
 async def healthz(request: Request) -> JSONResponse:
-    """200 while the backend is up, 503 when it is down (local delivery still works).
+    """200 while the backend is up, 503 when it is down (local delivery still works) and
+    from the start of a drain (``{"status":"draining"}``: take this instance out).
 
     Always open, admin key or not: load balancers ask it.
     """
-    backend = node_of(request).backend.status()
+    node = node_of(request)
+    backend = node.backend.status()
+    if node.drain.draining:
+        return JSONResponse({"status": "draining", "backend": backend}, status_code=503)
     up = backend.get("status") == "up"
     body = {"status": "ok" if up else "degraded", "backend": backend}
     return JSONResponse(body, status_code=200 if up else 503)

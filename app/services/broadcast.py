@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from typing import Protocol
 
 from starlette.websockets import WebSocket
 
@@ -15,6 +16,7 @@ from app.services.backends import Backend
 from app.services.close_codes import CloseCode
 from app.services.connection import Connection, OutboxLimits
 from app.services.direct_connection import Cork, DirectConnection
+from app.services.limits import AddressLimit, address_of
 from app.services.message import Message
 from app.services.protocol.encode import encode_gap
 from app.services.stats import StatsService
@@ -22,7 +24,16 @@ from app.services.stats import StatsService
 GAP_NOTICE_TYPE = "fanout.gap"
 """``type`` of the text message subscribers get when the backend may have lost messages."""
 
-ChannelTable = dict[str, dict[int, Connection]]
+
+class Member(Protocol):
+    """What fan-out offers a message to: a connection, or a history channel's
+    :class:`~app.services.history.subscription.HistorySubscription` in front of one."""
+
+    def offer(self, message: Message) -> bool:
+        """Queue ``message`` without waiting; False if it was not queued."""
+
+
+ChannelTable = dict[str, dict[int, Member]]
 """Members by channel, each channel's members by connection id."""
 
 
@@ -54,6 +65,8 @@ class BroadcastService:
         self.subscriptions = 0
         """fanout.v1 subscriptions on this worker (a socket with three channels counts 3)."""
         self._cork = Cork(stats.write_latency)
+        self.addresses = AddressLimit(settings.max_connections_per_ip)
+        """Sockets per client address (FANOUT_MAX_CONNECTIONS_PER_IP; empty when off)."""
 
     # -- connections -----------------------------------------------------------------------
 
@@ -61,6 +74,10 @@ class BroadcastService:
     def connection_count(self) -> int:
         """Open WebSocket connections on this worker."""
         return len(self._connections)
+
+    def connections(self) -> list[Connection]:
+        """This worker's registered connections (a copy), oldest first."""
+        return list(self._connections.values())
 
     def has_capacity(self) -> bool:
         """Whether one more connection fits under FANOUT_MAX_CONNECTIONS."""
@@ -93,6 +110,7 @@ class BroadcastService:
         else:
             conn = AsgiConnection(**common)
         self._connections[conn.id] = conn
+        self.addresses.add(address_of(conn.peer))
         if channel is not None:
             self._join(self._channels, channel, conn)
         self.stats.opened(conn)
@@ -102,6 +120,7 @@ class BroadcastService:
         """Forget a client whose session ended with ``code`` and release what it held."""
         if self._connections.pop(conn.id, None) is None:
             return
+        self.addresses.remove(address_of(conn.peer))
         if conn.channel is not None:
             self._leave(self._channels, conn.channel, conn)
         self.stats.closed(conn, conn.close_code if conn.close_code is not None else code)
@@ -114,12 +133,15 @@ class BroadcastService:
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
         await asyncio.gather(*(conn.finish() for conn in remaining))
 
-    def subscribe(self, conn: Connection, channel: str) -> bool:
-        """Add a fanout.v1 subscription; False if ``conn`` already holds ``channel``."""
+    def subscribe(self, conn: Connection, channel: str, member: Member | None = None) -> bool:
+        """Add a fanout.v1 subscription; False if ``conn`` already holds ``channel``.
+
+        ``member`` stands in for ``conn`` in the channel's fan-out (a history channel's
+        subscription filters and holds publications for its connection)."""
         members = self._subscribers.get(channel)
         if members is not None and conn.id in members:
             return False
-        self._join(self._subscribers, channel, conn)
+        self._join(self._subscribers, channel, conn, member)
         self.subscriptions += 1
         return True
 
@@ -148,19 +170,25 @@ class BroadcastService:
             sizes[name] = sizes.get(name, 0) + len(members)
         return sizes
 
+    def channel_names(self) -> list[str]:
+        """Every channel with a local socket on it, raw or fanout.v1."""
+        return list({*self._channels, *self._subscribers})
+
+    def has_members(self, channel: str) -> bool:
+        """Whether any local socket, raw or fanout.v1, is on ``channel``."""
+        return channel in self._channels or channel in self._subscribers
+
     def _join(
-        self, table: dict[str, dict[int, Connection]], channel: str, conn: Connection
+        self, table: ChannelTable, channel: str, conn: Connection, member: Member | None = None
     ) -> None:
         members = table.get(channel)
         if members is None:
             members = table[channel] = {}
             if channel not in self._channels or channel not in self._subscribers:
                 self.backend.subscribe(channel)  # the channel's first member of any kind
-        members[conn.id] = conn
+        members[conn.id] = conn if member is None else member
 
-    def _leave(
-        self, table: dict[str, dict[int, Connection]], channel: str, conn: Connection
-    ) -> None:
+    def _leave(self, table: ChannelTable, channel: str, conn: Connection) -> None:
         members = table.get(channel)
         if members is None:
             return
@@ -191,11 +219,13 @@ class BroadcastService:
             for conn in subscribers.values():
                 conn.offer(envelope)
 
-    def gap(self, reason: str, channel: str | None = None, /) -> None:
+    def gap(
+        self, reason: str, channel: str | None = None, /, exclude: frozenset[str] = frozenset()
+    ) -> None:
         """Tell local subscribers that messages from elsewhere may have been missed: those of
-        ``channel``, or every one when it is None."""
+        ``channel``, or every one (but those of ``exclude``) when it is None."""
         if channel is None:
-            groups = list(self._channels.values())
+            groups = [m for name, m in self._channels.items() if name not in exclude]
         else:
             members = self._channels.get(channel)
             groups = [members] if members else []
@@ -204,7 +234,7 @@ class BroadcastService:
         )
         raw = sum(len(m) for m in groups)
         if channel is None:
-            events = list(self._subscribers.items())
+            events = [(n, m) for n, m in self._subscribers.items() if n not in exclude]
         else:
             subscribers = self._subscribers.get(channel)
             events = [(channel, subscribers)] if subscribers else []

@@ -6,7 +6,7 @@ from enum import IntEnum
 
 
 class CloseCode(IntEnum):
-    """Close codes used by Fanout (RFC 6455 section 7.4 plus one private code)."""
+    """Close codes used by Fanout (RFC 6455 section 7.4 plus private codes 4000-4999)."""
 
     NORMAL = 1000
     GOING_AWAY = 1001
@@ -31,6 +31,9 @@ class CloseCode(IntEnum):
     """The connection's token expired and was not refreshed: reconnect with a new one."""
     SLOW_CONSUMER = 4008
     """The client did not read fast enough: its outbox overflowed. Reconnect."""
+    RATE_LIMITED = 4029
+    """The client kept sending over FANOUT_CLIENT_PUBLISH_RATE (more than the burst refused
+    within one refill of the bucket). Reconnect with backoff, and send slower."""
     INVALID_TOKEN = 4500
     """An invalid token, or authentication required and not given. Do not reconnect
     with the same token."""
@@ -38,7 +41,11 @@ class CloseCode(IntEnum):
     """fanout.v1: a frame that cannot be read at all (not JSON, not an object, a binary
     frame that is not a publish). Do not reconnect with the same client."""
     FORBIDDEN = 4503
-    """Not allowed: a raw socket published on a channel whose rules forbid it."""
+    """Not allowed: a handshake refused for its origin where the server cannot answer with
+    HTTP 403, or a raw socket that published where its channel's rules forbid it."""
+    CONNECTION_LIMIT = 4504
+    """A handshake over FANOUT_MAX_CONNECTIONS_PER_IP, where the server cannot answer with
+    HTTP 429."""
 
 
 PROTOCOL_ERRORS = frozenset(

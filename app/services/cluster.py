@@ -10,6 +10,10 @@ Each response is consistent in itself (every figure of a worker comes from one s
 but two workers' answers can differ for up to one interval: each sees the others as of their
 last heartbeat. Heartbeats are numbered, so one that arrives late (a link re-established
 while the old one still drains, a publisher's retry) never replaces a newer one.
+
+The same channel carries one order: ``drain``, sent by the worker that took
+``POST /api/drain`` to the other workers of its server (same host, same uvicorn
+supervisor: :func:`server_id`); workers of other servers that share the backend ignore it.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ import itertools
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
+from app.config import uvicorn_supervisor
 from app.logging_setup import LOGGER_NAME
 from app.services.backends.base import CONTROL_CHANNEL
 from app.services.figures import WorkerFigures, add_up
@@ -48,8 +54,13 @@ class ClusterView:
         expiry: float,
         publish: Callable[[str, Message], None],
         snapshot: Callable[[], WorkerFigures],
+        on_drain: Callable[[str], None] | None = None,
+        server: str | None = None,
     ) -> None:
         self.worker_id = worker_id
+        self.server = server if server is not None else server_id()
+        """The server (uvicorn supervisor, or single process) this worker belongs to."""
+        self._on_drain = on_drain
         self.interval = interval
         self.expiry = expiry
         self._publish = publish
@@ -77,6 +88,10 @@ class ClusterView:
                 await self._task
             self._task = None
         self._send({"type": "bye", "id": self.worker_id})
+
+    def send_drain(self) -> None:
+        """Tell the other workers of this server to drain."""
+        self._send({"type": "drain", "id": self.worker_id, "server": self.server})
 
     def receive(self, message: Message) -> None:
         """Take a control message from another worker."""
@@ -107,6 +122,8 @@ class ClusterView:
             elif kind == "bye":
                 self._peers.pop(worker_id, None)
                 self._order.pop(worker_id, None)
+            elif kind == "drain" and body["server"] == self.server and self._on_drain:
+                self._on_drain(worker_id)
         except (ValueError, KeyError, TypeError, msgspec.ValidationError) as exc:
             logger.warning("ignoring a malformed control message: %s", exc)
 
@@ -173,5 +190,29 @@ def _worker_entry(figures: WorkerFigures, age: float) -> dict[str, Any]:
     worker["messages"] = msgspec.to_builtins(figures.messages)
     worker["slow_consumer_disconnects"] = figures.slow_consumer_disconnects
     worker["presence_members"] = figures.presence_members
+    worker["drained"] = figures.drained
     worker["heartbeat_age_seconds"] = round(age, 3)
     return worker
+
+
+def server_id() -> str:
+    """The server this process is a worker of: ``host:pid:started`` of its uvicorn --workers
+    supervisor, or of itself when it runs alone.
+
+    ``started`` (the process's start time in clock ticks since boot, from /proc; empty
+    elsewhere) tells apart two servers whose supervisors have the same pid on hosts of the
+    same name (pid 1 in two containers).
+    """
+    supervisor = uvicorn_supervisor()
+    pid = supervisor.pid if supervisor is not None and supervisor.pid else os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid)}"
+
+
+def _start_ticks(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            # The fields after the command (which may hold spaces), from "state" on: start
+            # time is field 22, the 20th after the closing parenthesis.
+            return stat.read().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return ""

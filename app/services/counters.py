@@ -30,3 +30,7 @@ class Counters:
     """fanout.v1 commands refused (by error code) and unreadable frames (4501)."""
     api_published: int = 0
     """Messages published through the HTTP API."""
+    rate_limited: int = 0
+    """Messages refused by FANOUT_CLIENT_PUBLISH_RATE (dropped on raw sockets, 429 on /ws)."""
+    drained: int = 0
+    """Connections closed with 1012 by a drain (SIGTERM, POST /api/drain)."""

@@ -38,6 +38,8 @@ class MessageFigures(msgspec.Struct):
     """Discarded because their receiver was closed as a slow consumer."""
     published_api: int = 0
     """Published through the HTTP API."""
+    rate_limited: int = 0
+    """Refused by the publish rate limit (dropped on raw sockets, 429 on fanout.v1)."""
 
 
 class LatencyFigures(msgspec.Struct):
@@ -59,6 +61,8 @@ class WorkerInfo(msgspec.Struct):
     connections: int = 0
     uptime_seconds: float = 0.0
     gc: dict[str, Any] = {}
+    draining: bool = False
+    """True from the start of a drain until the worker exits: it refuses new sockets."""
 
 
 class WorkerFigures(msgspec.Struct):
@@ -80,6 +84,8 @@ class WorkerFigures(msgspec.Struct):
     connections_opened: int = 0
     handshake_timeouts: int = 0
     """Connections closed before their request head was complete (FANOUT_HANDSHAKE_TIMEOUT)."""
+    drained: int = 0
+    """Connections closed with 1012 by a drain."""
     rejected: dict[str, int] = {}
     """Refused handshakes by reason."""
     closes: dict[str, int] = {}

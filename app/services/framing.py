@@ -3,7 +3,7 @@
 A frame is::
 
     length  uint32, big-endian: bytes that follow (kind + channel length + channel + payload)
-    kind    uint8:  DATA_TEXT, DATA_BINARY, DATA_JSON, DATA_EVENT, HELLO or GAP
+    kind    uint8:  DATA_TEXT, DATA_BINARY, DATA_JSON, DATA_STAMPED, DATA_EVENT, HELLO or GAP
     chlen   uint16, big-endian: length of the channel name
     channel UTF-8
     payload the message bytes (the UTF-8 text of a text message)
@@ -17,7 +17,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from app.services.message import Message
+from app.services.message import Message, from_stamp_payload, stamp_payload
 
 HEADER = struct.Struct("!IBH")
 """length, kind, channel length."""
@@ -31,10 +31,14 @@ GAP = 4
 DATA_JSON = 5
 """A fanout.v1 publication of JSON data: raw sockets get its bytes as text."""
 
-DATA_EVENT = 6
+DATA_STAMPED = 6
+"""A publication of a history channel: kind, offset and epoch ahead of the data
+(:func:`app.services.message.stamp_payload`)."""
+
+DATA_EVENT = 7
 """A fanout.v1 event (join, leave) for the channel's fanout.v1 subscribers only."""
 
-DATA_KINDS = frozenset((DATA_TEXT, DATA_BINARY, DATA_JSON, DATA_EVENT))
+DATA_KINDS = frozenset((DATA_TEXT, DATA_BINARY, DATA_JSON, DATA_STAMPED, DATA_EVENT))
 _KINDS = DATA_KINDS | {HELLO, GAP}
 _AFTER_LENGTH = HEADER.size - 4  # kind + channel length count towards ``length``
 
@@ -59,11 +63,18 @@ class Frame:
             return Message.from_json(self.payload)
         if self.kind == DATA_EVENT:
             return Message.event(self.payload)
+        if self.kind == DATA_STAMPED:
+            try:
+                return from_stamp_payload(self.payload)
+            except (ValueError, struct.error) as exc:
+                raise FrameError(f"bad stamped payload: {exc}") from None
         return Message.from_bytes(self.payload)
 
 
 def encode(channel: str, message: Message) -> bytes:
     """The frame for ``message`` on ``channel``."""
+    if message.offset is not None:
+        return encode_control(DATA_STAMPED, channel, stamp_payload(message))
     if message.text is None:
         kind = DATA_BINARY
     elif message.is_json:

@@ -31,7 +31,17 @@ class Message:
     then the same object (and frame) for every one of them.
     """
 
-    __slots__ = ("_envelope", "data", "frame", "is_event", "is_json", "size", "text")
+    __slots__ = (
+        "_envelope",
+        "data",
+        "epoch",
+        "frame",
+        "is_event",
+        "is_json",
+        "offset",
+        "size",
+        "text",
+    )
 
     def __init__(
         self,
@@ -40,11 +50,17 @@ class Message:
         *,
         is_json: bool = False,
         is_event: bool = False,
+        offset: int | None = None,
+        epoch: str = "",
     ) -> None:
         self.data = data
         self.text = text
         self.is_json = is_json
         self.is_event = is_event
+        self.offset = offset
+        """The publication's offset on a history channel (None elsewhere)."""
+        self.epoch = epoch
+        """The channel's history epoch when ``offset`` is set."""
         self.size = len(data)
         """Payload length in bytes, as it counts against size limits and outboxes."""
         self.frame = build_frame(OP_TEXT if text is not None else OP_BINARY, data)
@@ -82,6 +98,10 @@ class Message:
         """A binary message."""
         return cls(data)
 
+    def stamped(self, offset: int, epoch: str) -> Message:
+        """This message as publication ``offset`` of a history channel's ``epoch``."""
+        return Message(self.data, self.text, is_json=self.is_json, offset=offset, epoch=epoch)
+
     def envelope(self, channel: str) -> Message:
         """This message as fanout.v1 subscribers of ``channel`` receive it (built once).
 
@@ -91,12 +111,17 @@ class Message:
         if envelope is None:
             if self.is_event:
                 return self  # not cached on itself: that would be a reference cycle
+            offset = self.offset
             if self.text is None:
-                envelope = Message(encode_binary_publication(channel, self.data))
-            elif self.is_json:
-                envelope = Message.from_utf8(encode_json_publication(channel, self.data))
+                payload = encode_binary_publication(channel, self.data, offset)
+                envelope = Message(payload, offset=offset, epoch=self.epoch)
             else:
-                envelope = Message.from_utf8(encode_text_publication(channel, self.text))
+                payload = (
+                    encode_json_publication(channel, self.data, offset)
+                    if self.is_json
+                    else encode_text_publication(channel, self.text, offset)
+                )
+                envelope = Message(payload, payload.decode(), offset=offset, epoch=self.epoch)
             self._envelope = envelope
         return envelope
 
@@ -111,6 +136,32 @@ class Message:
             else "text"
         )
         return f"Message({kind}, {len(self.data)} bytes)"
+
+
+_STAMP = struct.Struct("!cQB")
+"""A stamped payload's head: kind (t, b, j), offset, epoch length; the epoch follows."""
+
+
+def stamp_payload(message: Message) -> bytes:
+    """``message`` with its history offset and epoch, for a backend to carry between
+    workers (its own kind marks such payloads; :func:`from_stamp_payload` reads them)."""
+    kind = b"b" if message.text is None else b"j" if message.is_json else b"t"
+    epoch = message.epoch.encode()
+    return _STAMP.pack(kind, message.offset or 0, len(epoch)) + epoch + message.data
+
+
+def from_stamp_payload(payload: bytes) -> Message:
+    """The message :func:`stamp_payload` wrote; ValueError (or UnicodeDecodeError) if it
+    is not one."""
+    kind, offset, length = _STAMP.unpack_from(payload)
+    start = _STAMP.size + length
+    epoch = payload[_STAMP.size : start].decode()
+    data = payload[start:]
+    if kind == b"b":
+        return Message(data, offset=offset, epoch=epoch)
+    if kind not in (b"t", b"j"):
+        raise ValueError(f"unknown stamped kind {kind!r}")
+    return Message(data, data.decode(), is_json=kind == b"j", offset=offset, epoch=epoch)
 
 
 def build_frame(opcode: int, payload: bytes) -> bytes:

@@ -172,6 +172,17 @@ class _Families:
             "HTTP requests answered with an error status by the application, by status.",
             labels=[*WORKER, "status"],
         )
+        self.draining = GaugeMetricFamily(
+            "fanout_draining",
+            "1 from the start of a drain (SIGTERM, POST /api/drain) until the worker exits:"
+            " /healthz answers 503 and new sockets are refused.",
+            labels=list(WORKER),
+        )
+        self.drained = CounterMetricFamily(
+            "fanout_drained_connections",
+            "Connections closed with 1012 and a reconnect hint by a drain.",
+            labels=list(WORKER),
+        )
         self.latency = HistogramMetricFamily(
             "fanout_publish_to_write_seconds",
             "Time from a message's delivery on the worker to the write of its frame to every"
@@ -191,6 +202,8 @@ class _Families:
         self.received.add_metric([*who, "api"], f.messages.published_api)
         self.subscriptions.add_metric(who, f.subscriptions)
         self.handshake_timeouts.add_metric(who, f.handshake_timeouts)
+        self.draining.add_metric(who, 1.0 if f.worker.draining else 0.0)
+        self.drained.add_metric(who, f.drained)
         _each(self.protocol_errors, who, f.protocol_errors)
         self.delivered.add_metric(who, f.messages.delivered)
         self.dropped.add_metric(who, f.messages.dropped)

@@ -10,9 +10,14 @@ from app.services.backends import Backend
 from app.services.backends.base import CONTROL_CHANNEL
 from app.services.broadcast import BroadcastService
 from app.services.cluster import ClusterView
+from app.services.drain import Drain
 from app.services.figures import WorkerFigures
+from app.services.history.factory import create_history_store
+from app.services.history.service import HistoryService
 from app.services.idempotency import create_idempotency_store
+from app.services.limits import PublishLimit
 from app.services.message import Message
+from app.services.origins import OriginPolicy
 from app.services.presence import PresenceService
 from app.services.presence_wire import PREFIX as PRESENCE_PREFIX
 from app.services.rules import ChannelRules
@@ -44,6 +49,27 @@ class Node:
         self.stats = StatsService(log_interval=settings.stats_log_interval)
         self.broadcast = BroadcastService(settings, backend, self.stats)
         self.idempotency = create_idempotency_store(settings, backend)
+        self.origins = OriginPolicy.from_setting(
+            settings.allowed_origins, require=settings.require_origin
+        )
+        """Which web pages may open a socket (checked at every handshake)."""
+        self.publish_limit = PublishLimit(
+            settings.client_publish_rate, settings.client_publish_burst
+        )
+        """Each socket's publish rate (a bucket per connection, None when off)."""
+        self.drain = Drain(
+            seconds=settings.drain_seconds,
+            close_timeout=settings.close_timeout,
+            connections=self.broadcast.connections,
+            on_close=self.stats.drained,
+        )
+        broadcast = self.broadcast
+        self.history = HistoryService(
+            create_history_store(settings, backend),
+            self.auth.rules,
+            broadcast,
+            gap=lambda channel, reason: broadcast.gap(reason, channel),
+        )
         self.presence = PresenceService(
             worker_id=self.stats.worker_id,
             rules=self.auth.rules,
@@ -61,24 +87,37 @@ class Node:
             expiry=settings.heartbeat_expiry,
             publish=backend.publish,
             snapshot=self.figures,
+            on_drain=self._drain_ordered,
         )
 
     async def start(self) -> None:
         """Start reporting, connect the backend, then announce this worker."""
         await self.stats.start()
-        await self.backend.start(self._from_backend, self.broadcast.gap)
+        await self.backend.start(self._from_backend, self._gap)
         await self.idempotency.start()
+        await self.history.start()
         await self.presence.start()
         await self.cluster.start()
 
     async def stop(self) -> None:
-        """Say goodbye, close every connection with 1001, disconnect, stop reporting."""
+        """Say goodbye, close every connection with 1001, disconnect, stop reporting.
+
+        A drain still under way (a second SIGTERM hurried the shutdown) is cancelled.
+        """
+        await self.drain.stop()
         await self.presence.stop()
         await self.cluster.stop()
         await self.broadcast.close_all()
         await self.backend.stop()
+        await self.history.stop()
         await self.idempotency.stop()
         await self.stats.stop()
+
+    def drain_server(self) -> bool:
+        """``POST /api/drain``: drain this worker and tell the other workers of its server to
+        drain too; False if this worker was already draining."""
+        self.cluster.send_drain()
+        return self.drain.start("POST /api/drain")
 
     def figures(self) -> WorkerFigures:
         """This worker's own figures (its heartbeat)."""
@@ -87,6 +126,7 @@ class Node:
             broadcast.channel_sizes(),
             broadcast.subscriptions,
             self.backend.status(),
+            self.drain.draining,
             presence_members=self.presence.members,
         )
 
@@ -98,11 +138,38 @@ class Node:
         """/stats: this worker's figures added up with every other live worker's."""
         return self.cluster.merged(self.figures())
 
+    def _drain_ordered(self, sender: str) -> None:
+        self.drain.start(f"told by worker {sender}")
+
     def _from_backend(self, channel: str, message: Message) -> None:
         if channel == CONTROL_CHANNEL:
             if message.data.startswith(PRESENCE_PREFIX):
                 self.presence.receive(message)
             else:
                 self.cluster.receive(message)
+        elif message.offset is not None:
+            self.history.deliver(channel, message)  # in offset order, holes filled
         else:
             self.broadcast.deliver(channel, message)
+
+    def _gap(self, reason: str, channel: str | None = None, /) -> None:
+        """The backend may have lost messages (of ``channel``, or of any channel).
+
+        History channels followed here are refilled from the store instead of being told
+        (while the backend is down there is nothing to refill yet: the reconnect does it);
+        a history that cannot be refilled is told by the sequencer.
+        """
+        sequencer = self.history.sequencer
+        names = [channel] if channel is not None else self.broadcast.channel_names()
+        kept = frozenset(
+            name
+            for name in names
+            if self.history.retention(name) is not None and sequencer.position(name) is not None
+        )
+        if reason != "backend_down":
+            for name in kept:
+                sequencer.refill(name)
+        if channel is None:
+            self.broadcast.gap(reason, None, exclude=kept)
+        elif channel not in kept:
+            self.broadcast.gap(reason, channel)

@@ -130,10 +130,24 @@ class StatsService:
             CloseCode.SLOW_CONSUMER,
         )
 
-    def rejected(self, reason: str, peer: str, path: str) -> None:
-        """A handshake was refused for ``reason``."""
+    def rejected(self, reason: str, peer: str, path: str, note: str = "") -> None:
+        """A handshake was refused for ``reason`` (``note``: what the log line adds)."""
         self.counters.rejected[reason] += 1
-        logger.warning("rejected %s from %s: %s", path, peer, reason)
+        logger.warning("rejected %s from %s: %s%s", path, peer, reason, note and f" ({note})")
+
+    def rate_limited(self, conn: Connection, closing_over: str = "") -> None:
+        """A message from ``conn`` was refused by the publish rate limit; ``closing_over``
+        (the limit) when the client is closed for it: the one line logged about it."""
+        self.counters.rate_limited += 1
+        if closing_over:
+            logger.warning(
+                "rate limited %s peer=%s id=%s: kept publishing over %s, closing with %d",
+                label(conn),
+                conn.peer,
+                self.client_id(conn),
+                closing_over,
+                CloseCode.RATE_LIMITED,
+            )
 
     def handshake_timeout(self, peer: str, timeout: float) -> None:
         """A connection from ``peer`` sent no complete request head within ``timeout`` s."""
@@ -189,6 +203,10 @@ class StatsService:
                 message[:200],
             )
 
+    def drained(self) -> None:
+        """A drain closed one connection with 1012."""
+        self.counters.drained += 1
+
     def api_published(self) -> None:
         """A message was published through the HTTP API."""
         self.counters.api_published += 1
@@ -200,11 +218,13 @@ class StatsService:
         channels: Mapping[str, int],
         subscriptions: int,
         backend: dict[str, Any],
+        draining: bool = False,
         *,
         presence_members: int = 0,
     ) -> WorkerFigures:
         """This worker's figures, given its channels' subscriber counts, its fanout.v1
-        subscriptions, its backend's status and its own presence members."""
+        subscriptions, its backend's status, whether it is draining, and its own presence
+        members."""
         c = self.counters
         uptime = round(self.uptime(), 3)
         return WorkerFigures(
@@ -221,6 +241,7 @@ class StatsService:
                 delivered=c.delivered,
                 dropped=c.dropped,
                 published_api=c.api_published,
+                rate_limited=c.rate_limited,
             ),
             subscriptions=subscriptions,
             presence_members=presence_members,
@@ -229,6 +250,7 @@ class StatsService:
             gap_notices=self.gap_notices,
             connections_opened=c.connections_opened,
             handshake_timeouts=c.handshake_timeouts,
+            drained=c.drained,
             rejected=dict(sorted(c.rejected.items())),
             closes={str(code): n for code, n in sorted(c.closes.items())},
             http_errors={str(status): n for status, n in sorted(c.http_errors.items())},
@@ -243,6 +265,7 @@ class StatsService:
                 connections=self.connections,
                 uptime_seconds=uptime,
                 gc=self.gc_monitor.snapshot(),
+                draining=draining,
             ),
         )
 

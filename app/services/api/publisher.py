@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
+import msgspec
+
 from app.services.api.codec import Broadcast, Payload, Publish
 from app.services.api.errors import ApiError, ErrorCode, encode_error
 from app.services.broadcast import BroadcastService
+from app.services.history.service import HistoryService
+from app.services.history.store import HistoryUnavailable
 from app.services.idempotency import (
     IdempotencyConflict,
     IdempotencyStore,
@@ -18,7 +22,7 @@ from app.services.protocol.commands import BAD_CHANNEL_MESSAGE, valid_channel
 from app.services.stats import StatsService
 
 EMPTY_RESULT: Final = b"{}"
-"""A publication's result on a channel without history (``{"offset","epoch"}`` later)."""
+"""A publication's result on a channel without history (``{"offset","epoch"}`` with)."""
 
 
 class ApiPublisher:
@@ -36,7 +40,9 @@ class ApiPublisher:
         stats: StatsService,
         backend_status: Callable[[], dict[str, Any]],
         store: IdempotencyStore,
+        history: HistoryService,
     ) -> None:
+        self._history = history
         self._broadcast = broadcast
         self._stats = stats
         self._backend_status = backend_status
@@ -82,13 +88,21 @@ class ApiPublisher:
 
     async def _publish_once(self, channel: str, payload: Payload, key: str | None) -> bytes:
         if key is None:
-            return self._publish(channel, payload)
+            return await self._publish(channel, payload)
         # Channel names cannot hold ":", so "channel:key" names one pair only.
         return await run_once(
             self._store, f"{channel}:{key}", lambda: self._publish(channel, payload)
         )
 
-    def _publish(self, channel: str, payload: Payload) -> bytes:
-        self._broadcast.publish(channel, payload.message())
+    async def _publish(self, channel: str, payload: Payload) -> bytes:
+        retention = self._history.retention(channel)
+        if retention is None:
+            self._broadcast.publish(channel, payload.message())
+            self._stats.api_published()
+            return EMPTY_RESULT
+        try:
+            position = await self._history.publish(channel, payload.message(), retention)
+        except HistoryUnavailable as exc:
+            raise ApiError(ErrorCode.SERVICE_UNAVAILABLE, "history unavailable") from exc
         self._stats.api_published()
-        return EMPTY_RESULT
+        return b'{"offset":%d,"epoch":%b}' % (position.offset, msgspec.json.encode(position.epoch))

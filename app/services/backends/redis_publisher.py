@@ -21,9 +21,10 @@ from app.services.backends.redis_wire import (
     JSON,
     PREFIX,
     SEQUENCE,
+    STAMPED,
     TEXT,
 )
-from app.services.message import Message
+from app.services.message import Message, stamp_payload
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -73,6 +74,7 @@ class RedisPublisher:
         self._head_binary = origin + BINARY
         self._head_json = origin + JSON
         self._head_event = origin + EVENT
+        self._head_stamped = origin + STAMPED
         self._seq = 0
         """The last sequence number given to a message."""
         self._last_seq: dict[str, int] = {}
@@ -117,6 +119,15 @@ class RedisPublisher:
         last_seq[channel] = seq
         if not self.accepting or len(self._queue) >= self._queue_max:
             self.dropped += 1
+            return
+        if message.offset is not None:
+            self._queue.append(
+                (
+                    PREFIX + channel.encode(),
+                    self._head_stamped + SEQUENCE.pack(seq, prev) + stamp_payload(message),
+                )
+            )
+            self._queue_ready.set()
             return
         if message.text is None:
             head = self._head_binary

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 from collections.abc import Callable
 
 from redis.asyncio import Redis
@@ -26,10 +27,11 @@ from app.services.backends.redis_wire import (
     ORIGIN_BYTES,
     PREFIX,
     SEQUENCE,
+    STAMPED,
     TEXT,
     TEXT_V1,
 )
-from app.services.message import Message
+from app.services.message import Message, from_stamp_payload
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -170,7 +172,7 @@ class RedisSubscriber:
                 continue  # this worker's own message: its clients have it already
             channel: bytes = item["channel"]
             kind = payload[ORIGIN_BYTES : ORIGIN_BYTES + 1]
-            if kind in (TEXT, BINARY, JSON, EVENT):
+            if kind in (TEXT, BINARY, JSON, STAMPED, EVENT):
                 seq, prev = unpack(payload, ORIGIN_BYTES + 1)
                 verdict = check(channel, payload[:ORIGIN_BYTES], seq, prev)
                 if verdict == DUPLICATE:
@@ -186,7 +188,9 @@ class RedisSubscriber:
                 self._refused(kind)
                 continue
             try:
-                if kind in (TEXT, TEXT_V1):
+                if kind == STAMPED:
+                    message = from_stamp_payload(data)
+                elif kind in (TEXT, TEXT_V1):
                     message = Message.from_utf8(data)
                 elif kind in (JSON, JSON_V1):
                     message = Message.from_json(data)
@@ -194,8 +198,8 @@ class RedisSubscriber:
                     message = Message.event(data)
                 else:
                     message = Message.from_bytes(data)
-            except UnicodeDecodeError:
-                logger.warning("redis backend: dropping a text message that is not UTF-8")
+            except (UnicodeDecodeError, ValueError, struct.error):
+                logger.warning("redis backend: dropping a message it cannot read")
                 continue
             self.received += 1
             deliver(channel[skip:].decode(), message)

@@ -5,6 +5,9 @@ A Fanout channel ``name`` is the Redis channel ``fanout:name``. A published payl
 
     origin  8 bytes: the publishing worker's random id (it skips its own messages)
     kind    1 byte:  b"T" text, b"B" binary, b"J" a fanout.v1 publication of JSON data
+            (raw sockets get its bytes as text), b"H" a history channel's publication
+            (its data starts with kind, offset and epoch); sequenced: what this version
+            publishes
             (raw sockets get its bytes as text), b"E" a fanout.v1 event (join, leave: for
             fanout.v1 subscribers only); sequenced: what this version publishes
     seq     u64 big-endian: the origin's number for this message; it counts every message
@@ -40,6 +43,9 @@ ORIGIN_BYTES = 8
 TEXT = b"T"
 BINARY = b"B"
 JSON = b"J"
+STAMPED = b"H"
+"""A history channel's publication: kind, offset and epoch ahead of the data
+(:func:`app.services.message.stamp_payload`); sequenced like the others."""
 EVENT = b"E"
 TEXT_V1 = b"t"
 BINARY_V1 = b"b"

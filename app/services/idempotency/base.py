@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -82,7 +82,7 @@ class IdempotencyStore(Protocol):
 async def run_once(
     store: IdempotencyStore,
     key: str,
-    publish: Callable[[], bytes],
+    publish: Callable[[], Awaitable[bytes]],
     *,
     wait: float = WAIT,
     poll: float = POLL,
@@ -94,8 +94,8 @@ async def run_once(
     The first request claims the key (pending), publishes, and stores the result; a
     concurrent duplicate that finds it pending polls for up to ``wait`` seconds for that
     result, then gives up with :class:`IdempotencyConflict` (409: retry later). ``publish``
-    does not wait (fan-out never does), so the window between claim and result is the
-    store's own round trip.
+    awaits only the history store on a history channel (fan-out itself never waits), so
+    the window between claim and result is a store round trip or two.
     """
     deadline = time.monotonic() + wait
     while True:
@@ -109,7 +109,7 @@ async def run_once(
             raise IdempotencyConflict("a request with this idempotency_key is in progress")
         await asyncio.sleep(poll)
     try:
-        result = publish()
+        result = await publish()
     except BaseException:
         await _shielded(store.release(key, token), "release")
         raise

@@ -10,17 +10,24 @@ nothing a client sends can reach another client's session except a publication.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Coroutine
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from app.services.auth import Refusal
 from app.services.close_codes import CloseCode
+from app.services.history.service import encode_entries
+from app.services.history.store import HistoryUnavailable, Retention
+from app.services.history.subscription import HistorySubscription
+from app.services.limits import RATE_LIMITED_REASON, PublishLimit
 from app.services.message import Message
 from app.services.protocol.commands import (
     AnyCommand,
     BinaryPub,
     Connect,
+    History,
     Ping,
     Presence,
     PresenceStats,
@@ -39,10 +46,17 @@ if TYPE_CHECKING:
     from app.services.auth import Authorizer
     from app.services.broadcast import BroadcastService
     from app.services.connection import Connection
+    from app.services.history.service import HistoryService
     from app.services.presence import PresenceService
 
 LOGGED_ERRORS = 3
 """Protocol errors logged per connection; the rest are only counted."""
+
+_RATE_MESSAGE = "publish rate limit exceeded; slow down"
+
+
+class RateLimitExceeded(Exception):
+    """A client kept publishing over its rate: the session closes the socket with 4029."""
 
 
 class SessionState(Enum):
@@ -76,14 +90,18 @@ class ProtocolSession:
 
     __slots__ = (
         "_auth",
+        "_bucket",
         "_conn",
         "_expiry",
+        "_history",
         "_logged",
         "_max_bytes",
         "_max_subscriptions",
         "_presence",
+        "_publish_limit",
         "_require_auth",
         "_service",
+        "_tasks",
         "channels",
         "identity",
         "state",
@@ -96,18 +114,25 @@ class ProtocolSession:
         *,
         auth: Authorizer,
         presence: PresenceService,
+        history: HistoryService,
         identity: Identity | None,
         require_auth: bool,
         max_subscriptions: int,
         max_message_bytes: int,
+        publish_limit: PublishLimit | None = None,
     ) -> None:
         self._service = service
         self._conn = conn
         self._auth = auth
         self._presence = presence
         self._require_auth = require_auth
+        self._history = history
+        self._tasks: set[asyncio.Task[None]] = set()
+        """Commands waiting for the history store; cancelled and awaited by aclose()."""
         self._max_subscriptions = max_subscriptions
         self._max_bytes = max_message_bytes
+        self._publish_limit = publish_limit
+        self._bucket = publish_limit.bucket() if publish_limit is not None else None
         self.channels: set[str] = set()
         """Channels this client is subscribed to."""
         self.identity: Identity | None = None
@@ -140,6 +165,8 @@ class ProtocolSession:
             return self._end(CloseCode.BAD_FRAME, exc.reason)
         except _Close as close:
             return self._end(close.code, close.reason)
+        except RateLimitExceeded:
+            return self._rate_limit_close()
         return None
 
     def on_binary(self, data: bytes) -> int | None:
@@ -160,11 +187,23 @@ class ProtocolSession:
             return self._end(CloseCode.BAD_FRAME, exc.reason)
         except _Close as close:
             return self._end(close.code, close.reason)
+        except RateLimitExceeded:
+            return self._rate_limit_close()
         return None
 
+    async def aclose(self) -> None:
+        """Release every subscription, the expiry timer and the commands still waiting for
+        the history store; called once when the socket's session ends."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.close()
+
     def close(self) -> None:
-        """Release every subscription and the expiry timer; called once when the socket's
-        session ends."""
+        """Release every subscription and the expiry timer."""
         self.state = SessionState.CLOSED
         if self._expiry is not None:
             self._expiry.cancel()
@@ -210,8 +249,9 @@ class ProtocolSession:
             self._refresh(command)
         elif isinstance(command, Presence | PresenceStats):
             self._presence_query(command)
+        elif isinstance(command, History):
+            self._read_history(command)
         else:
-            # history: no channel has history yet.
             op = type(command).__struct_config__.tag
             raise ProtocolError(ErrorCode.NOT_FOUND, f"{op} is not available here", command.id)
 
@@ -283,10 +323,47 @@ class ProtocolSession:
                 command.id,
             )
         self._check(self._auth.may_subscribe(self.identity, channel, command.token), command)
+        retention = self._history.retention(channel)
         self.channels.add(channel)
-        self._service.subscribe(self._conn, channel)
-        self._reply(command.id)
-        self._presence.joined(channel, self.client, self.identity)  # after the reply
+        if retention is None:
+            self._service.subscribe(self._conn, channel)
+            self._reply(command.id)
+            self._presence.joined(channel, self.client, self.identity)  # after the reply
+            return
+        # Subscribed now, so nothing published from here on is missed; held until the
+        # reply (the position, and what the client missed) is read from the store.
+        subscription = HistorySubscription(self._conn)
+        self._service.subscribe(self._conn, channel, subscription)
+        since = (command.since.o, command.since.e) if command.since is not None else None
+        self._spawn(self._recover(command, subscription, since, retention))
+
+    async def _recover(
+        self,
+        command: Sub,
+        subscription: HistorySubscription,
+        since: tuple[int, str] | None,
+        retention: Retention,
+    ) -> None:
+        channel = command.ch
+        try:
+            recovery = await self._history.recover(channel, since, retention)
+        except HistoryUnavailable:
+            if channel in self.channels:
+                self.channels.discard(channel)
+                self._service.unsubscribe(self._conn, channel)
+            self._error(
+                ProtocolError(ErrorCode.SERVICE_UNAVAILABLE, "history unavailable", command.id)
+            )
+            return
+        position = recovery.position
+        res: dict[str, Any] = {"o": position.offset, "e": position.epoch}
+        if since is not None:
+            res["recovered"] = recovery.recovered
+            res["pubs"] = encode_entries(recovery.entries)
+        self._reply(command.id, res)
+        subscription.release(position.offset)
+        if channel in self.channels:
+            self._presence.joined(channel, self.client, self.identity)  # after the reply
 
     def _unsubscribe(self, command: Unsub) -> None:
         if command.ch not in self.channels:
@@ -316,11 +393,66 @@ class ProtocolSession:
             self._reply(command.id, {"clients": clients, "users": users})
 
     def _publish(self, channel: str, message: Message, command: Pub | BinaryPub) -> None:
+        bucket = self._bucket
+        if bucket is not None and not bucket.take():
+            self._rate_limited(bucket.exhausted, command.id)
+            return
         subscribed = channel in self.channels
         self._check(self._auth.may_publish(self.identity, channel, subscribed=subscribed), command)
         self._service.stats.received()
-        self._service.publish(channel, message)
-        self._reply(command.id)
+        retention = self._history.retention(channel)
+        if retention is None:
+            self._service.publish(channel, message)
+            self._reply(command.id)
+        else:
+            self._spawn(self._publish_kept(channel, message, retention, command.id))
+
+    async def _publish_kept(
+        self, channel: str, message: Message, retention: Retention, id: int | None
+    ) -> None:
+        try:
+            position = await self._history.publish(channel, message, retention)
+        except HistoryUnavailable:
+            self._error(ProtocolError(ErrorCode.SERVICE_UNAVAILABLE, "history unavailable", id))
+            return
+        self._reply(id, {"o": position.offset, "e": position.epoch})
+
+    def _read_history(self, command: History) -> None:
+        channel = command.ch
+        retention = self._history.retention(channel)
+        if retention is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"{channel} keeps no history", command.id)
+        allowed = channel in self.channels or (
+            self.identity is not None and self.identity.may("history", channel)
+        )
+        if not allowed:
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN, f"subscribe to {channel} to read its history", command.id
+            )
+        since = (command.since.o, command.since.e) if command.since is not None else None
+        self._spawn(self._send_history(command, since, retention))
+
+    async def _send_history(
+        self, command: History, since: tuple[int, str] | None, retention: Retention
+    ) -> None:
+        try:
+            position, entries = await self._history.read(
+                command.ch, since, command.limit, retention
+            )
+        except HistoryUnavailable:
+            self._error(
+                ProtocolError(ErrorCode.SERVICE_UNAVAILABLE, "history unavailable", command.id)
+            )
+            return
+        self._reply(
+            command.id,
+            {"o": position.offset, "e": position.epoch, "pubs": encode_entries(entries)},
+        )
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @property
     def _user(self) -> str:
@@ -340,6 +472,22 @@ class ProtocolSession:
     def _error(self, exc: ProtocolError) -> None:
         self._count_error(int(exc.code), exc.message)
         self._conn.offer(Message.from_utf8(encode_error(exc.code, exc.message, exc.id)))
+
+    def _rate_limited(self, exhausted: bool, id: int | None) -> None:
+        """A pub over FANOUT_CLIENT_PUBLISH_RATE: 429, counted, not logged (one line at the
+        close, if it comes to that); the client that keeps at it is closed with 4029."""
+        if exhausted:
+            raise RateLimitExceeded
+        self._service.stats.rate_limited(self._conn)
+        code = ErrorCode.TOO_MANY_REQUESTS
+        self._service.stats.protocol_error(self._conn, code, _RATE_MESSAGE, log=False)
+        self._conn.offer(Message.from_utf8(encode_error(code, _RATE_MESSAGE, id)))
+
+    def _rate_limit_close(self) -> int:
+        assert self._publish_limit is not None
+        self._service.stats.rate_limited(self._conn, self._publish_limit.describe())
+        self._conn.close(CloseCode.RATE_LIMITED, RATE_LIMITED_REASON)
+        return CloseCode.RATE_LIMITED
 
     def _end(self, code: int, reason: str) -> int:
         self._count_error(code, reason)
