@@ -43,6 +43,7 @@ from typing import Final, TypeVar
 
 from app.services.history.memory import new_epoch
 from app.services.history.store import Entry, HistoryUnavailable, Position, Retention
+from app.services.shared_sqlite import open_shared
 
 FILE_NAME: Final = "history.sqlite3"
 BUSY_TIMEOUT: Final = 5.0
@@ -257,14 +258,10 @@ class SqliteHistoryStore:
             self._close_connection()
         # 0o700 like the backend: only this user's processes share the history.
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
+        db = open_shared(self.path, BUSY_TIMEOUT, _SCHEMA)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # a worker's crash loses nothing
-            for statement in _SCHEMA:
-                db.execute(statement)
             info = os.stat(self.path)
-        except (sqlite3.Error, OSError):
+        except OSError:
             db.close()
             raise
         self._db, self._identity = db, (info.st_dev, info.st_ino)

@@ -29,6 +29,7 @@ from typing import Final, TypeVar
 
 from app.logging_setup import LOGGER_NAME
 from app.services.idempotency.base import PENDING, Claim, IdempotencyUnavailable
+from app.services.shared_sqlite import open_shared
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -123,15 +124,7 @@ class SqliteIdempotencyStore:
         if db is None:
             # 0o700 like the backend: only this user's processes share the keys.
             self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")  # a worker's crash loses nothing
-                db.execute(_SCHEMA)
-            except sqlite3.Error:
-                db.close()
-                raise
-            self._db = db
+            db = self._db = open_shared(self.path, BUSY_TIMEOUT, [_SCHEMA])
         return db
 
     def _claim(self, key: str, token: str, lease: float) -> Claim:

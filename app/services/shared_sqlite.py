@@ -1,0 +1,38 @@
+"""Opening one SQLite file that the workers of a host share (idempotency keys, history)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+RETRY_PAUSE = 0.02
+"""Seconds between two tries to open a file another worker is setting up."""
+
+
+def open_shared(path: Path, busy_timeout: float, schema: Iterable[str]) -> sqlite3.Connection:
+    """A connection to ``path`` in WAL mode with ``schema`` applied, in autocommit.
+
+    Two workers opening a new file at once can be refused at once ("database is locked"),
+    without the busy wait, when SQLite would otherwise deadlock switching the file to WAL or
+    creating its tables: try again for up to ``busy_timeout``. Call it on a store's own
+    thread, never on the event loop.
+    """
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # a worker's crash loses nothing
+            for statement in schema:
+                db.execute(statement)
+            return db
+        except sqlite3.OperationalError as exc:
+            db.close()
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(RETRY_PAUSE)
+        except sqlite3.Error:
+            db.close()
+            raise
