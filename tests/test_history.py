@@ -187,3 +187,35 @@ async def test_recovery_across_hosts_and_a_lost_epoch_after_flushall(
         reply = (await back.call("sub", ch="hist.hosts", since=position))["res"]
         assert reply["recovered"] is False and reply["e"] != position["e"]
     assert json.dumps(reply)  # a plain JSON answer
+
+
+async def test_a_raw_socket_on_a_history_channel_publishes_through_the_history(
+    server: ServerProcess,
+) -> None:
+    import websockets
+
+    async with (
+        v1_client(server) as listener,
+        websockets.connect(server.ws("/ws/broadcast/hist.raw")) as raw,
+    ):
+        await listener.call("sub", ch="hist.raw")
+        for i in range(3):
+            await raw.send(f"raw {i}")
+        got = await _pushes(listener, 3)
+        assert [(p["o"], p["s"]) for p in got] == [(1, "raw 0"), (2, "raw 1"), (3, "raw 2")]
+        assert [await raw.recv() for _ in range(3)] == ["raw 0", "raw 1", "raw 2"]
+
+
+async def test_one_publishers_messages_keep_their_order_on_redis(
+    start_server: StartServer, redis_server: RedisServer, rules_file: Path
+) -> None:
+    env = _env(rules_file, FANOUT_BACKEND=redis_server.url)
+    server = start_server(env)
+    async with v1_client(server) as publisher, v1_client(server) as listener:
+        await publisher.subscribe("hist.order")
+        await listener.call("sub", ch="hist.order")
+        for i in range(200):  # no id, no waiting: every append is in flight at once
+            await publisher.ws.send(json.dumps({"op": "pub", "ch": "hist.order", "data": i}))
+        got = await _pushes(listener, 200)
+        assert [p["d"] for p in got] == list(range(200))
+        assert [p["o"] for p in got] == list(range(1, 201))

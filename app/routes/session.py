@@ -17,6 +17,7 @@ from app.services.broadcast import BroadcastService, peer_of
 from app.services.close_codes import CloseCode
 from app.services.connection import Connection
 from app.services.drain import close_reason
+from app.services.history.publisher import OrderedPublisher
 from app.services.limits import RATE_LIMITED_REASON, address_of
 from app.services.message import Message
 from app.services.tokens import LEEWAY, Identity, TokenError
@@ -180,6 +181,9 @@ async def run_session(
         node.auth.may_publish(identity, channel, subscribed=True) if channel is not None else None
     )
     expiry = expire_at_exp(conn, identity)
+    # A history channel's publications are numbered by the store, in the order sent.
+    retention = node.history.retention(channel) if channel is not None else None
+    kept = OrderedPublisher(node.history) if retention is not None else None
     code: int = CloseCode.NO_STATUS
     unyielded = 0
     try:
@@ -203,7 +207,12 @@ async def run_session(
                 break
             if bucket is None or bucket.take():
                 stats.received()
-                on_message(service, conn, message)
+                if kept is None:
+                    on_message(service, conn, message)
+                elif not kept.offer(channel, message, retention):  # type: ignore[arg-type]
+                    code = CloseCode.SLOW_CONSUMER  # publishing faster than history keeps
+                    conn.close(code, "publishing faster than the history store")
+                    break
             elif bucket.exhausted:  # dropped, and the client keeps at it: closed
                 code = CloseCode.RATE_LIMITED
                 stats.rate_limited(conn, closing_over=publish_limit.describe())
@@ -220,4 +229,6 @@ async def run_session(
     finally:
         if expiry is not None:
             expiry.cancel()
+        if kept is not None:
+            await kept.aclose()
         await service.disconnect(conn, code)

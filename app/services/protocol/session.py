@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from app.services.auth import Refusal
 from app.services.close_codes import CloseCode
+from app.services.history.publisher import OrderedPublisher
 from app.services.history.service import encode_entries
-from app.services.history.store import HistoryUnavailable, Retention
+from app.services.history.store import HistoryUnavailable, Position, Retention
 from app.services.history.subscription import HistorySubscription
 from app.services.limits import RATE_LIMITED_REASON, PublishLimit
 from app.services.message import Message
@@ -94,6 +95,7 @@ class ProtocolSession:
         "_conn",
         "_expiry",
         "_history",
+        "_kept",
         "_logged",
         "_max_bytes",
         "_max_subscriptions",
@@ -127,6 +129,8 @@ class ProtocolSession:
         self._presence = presence
         self._require_auth = require_auth
         self._history = history
+        self._kept: OrderedPublisher | None = None
+        """This socket's publications on history channels, in the order sent."""
         self._tasks: set[asyncio.Task[None]] = set()
         """Commands waiting for the history store; cancelled and awaited by aclose()."""
         self._max_subscriptions = max_subscriptions
@@ -194,6 +198,8 @@ class ProtocolSession:
     async def aclose(self) -> None:
         """Release every subscription, the expiry timer and the commands still waiting for
         the history store; called once when the socket's session ends."""
+        if self._kept is not None:
+            await self._kept.aclose()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -405,17 +411,21 @@ class ProtocolSession:
             self._service.publish(channel, message)
             self._reply(command.id)
         else:
-            self._spawn(self._publish_kept(channel, message, retention, command.id))
+            id = command.id
 
-    async def _publish_kept(
-        self, channel: str, message: Message, retention: Retention, id: int | None
-    ) -> None:
-        try:
-            position = await self._history.publish(channel, message, retention)
-        except HistoryUnavailable:
-            self._error(ProtocolError(ErrorCode.SERVICE_UNAVAILABLE, "history unavailable", id))
-            return
-        self._reply(id, {"o": position.offset, "e": position.epoch})
+            def done(position: Position | None) -> None:
+                if position is None:
+                    unavailable = ErrorCode.SERVICE_UNAVAILABLE
+                    self._error(ProtocolError(unavailable, "history unavailable", id))
+                else:
+                    self._reply(id, {"o": position.offset, "e": position.epoch})
+
+            if self._kept is None:
+                self._kept = OrderedPublisher(self._history)
+            if not self._kept.offer(channel, message, retention, done):
+                raise ProtocolError(
+                    ErrorCode.TOO_MANY_REQUESTS, "too many publications waiting for history", id
+                )
 
     def _read_history(self, command: History) -> None:
         channel = command.ch
