@@ -529,7 +529,9 @@ class Worker:
         p.max_messages = p.sent + n
         p.start(now, now + float(cmd.get("timeout", 30.0)))
         deadline = now + float(cmd.get("timeout", 30.0))
-        while p.acked < target and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            if p.acked >= target:
+                break
             await asyncio.sleep(0.01)
         p.stop()
         acked = p.acked - (target - n)
