@@ -580,15 +580,18 @@ class Worker:
         expect = int(cmd["expect"])
         good = 0
         problems: Counter[str] = Counter()
+        example: list[Any] = []
         for c in self.conns:
             if c.role != "recovered":
                 continue
             problem = check_recovery(c.reply, c.since, expect)
             if problem:
                 problems[problem] += 1
+                if not example:
+                    example = [problem, c.since, recovered_order(c.reply)]
             else:
                 good += 1
-        return {"complete": good, "problems": dict(problems)}
+        return {"complete": good, "problems": dict(problems), "example": example}
 
     def open_count(self) -> int:
         return sum(1 for c in self.conns if not c.closed)
@@ -880,6 +883,18 @@ def reply_position(reply: bytes) -> tuple[int, str]:
     """``(o, e)`` of a history channel's ``sub`` reply ``{"id":1,"res":{"o":N,"e":E,...}}``."""
     res = json.loads(reply)["res"]
     return int(res["o"]), str(res["e"])
+
+
+def recovered_order(reply: bytes) -> list[tuple[int, int]]:
+    """``(offset, publisher sequence)`` of each publication a recovery reply holds."""
+    out = []
+    with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+        for p in json.loads(reply)["res"].get("pubs", []):
+            data = json.dumps(p.get("d"), separators=(",", ":")).encode()
+            head = wsp.v1_headers([data])
+            seq = wsp.PAYLOAD_HEADER.unpack(head[0])[2] if head else -1
+            out.append((int(p.get("o", -1)), seq))
+    return out
 
 
 def check_recovery(reply: bytes, since: tuple[int, str] | None, expect: int) -> str:

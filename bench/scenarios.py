@@ -712,6 +712,7 @@ def recovery(
         "recovery_s": round(t_last - t_first, 4),
         "complete": complete,
         "problems": problems,
+        "problem_example": next((c["example"] for c in checks if c["example"]), None),
         "all_complete": complete == clients,
     }
     if cpu0 is not None and cpu1 is not None:
