@@ -17,6 +17,7 @@ from bench import runner, servers
 from bench.client import check_recovery, reply_position, sign_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
+SECRET = "a-secret-of-at-least-32-bytes-for-hs256"
 needs_server = pytest.mark.skipif(
     not (ROOT / "app" / "main.py").exists(), reason="the Fanout server is not there yet"
 )
@@ -42,14 +43,14 @@ def run_bench(*args: str) -> dict[str, Any]:
 
 
 def test_distinct_tokens_differ_and_verify_with_the_secret() -> None:
-    toks = sign_tokens(20, "s3cret", "distinct", 1)
+    toks = sign_tokens(20, SECRET, "distinct", 1)
     assert len(set(toks)) == 20
-    claims = jwt.decode(toks[3], "s3cret", algorithms=["HS256"])
+    claims = jwt.decode(toks[3], SECRET, algorithms=["HS256"])
     assert claims["sub"].startswith("bench-1-")
 
 
 def test_same_token_mode_repeats_one_token() -> None:
-    toks = sign_tokens(5, "s3cret", "same", 2)
+    toks = sign_tokens(5, SECRET, "same", 2)
     assert len(toks) == 5 and len(set(toks)) == 1
 
 
