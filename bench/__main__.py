@@ -13,6 +13,10 @@ Examples:
   python -m bench latency --subscribers 1000 --rates 20 200 2000
   python -m bench memory --steps 1000 5000 10000
   python -m bench connect --connections 5000
+  python -m bench connect --server fanout-auth --token        # a distinct HS256 JWT per URL
+  python -m bench connect --server fanout-auth --same-token   # one token: the verified cache
+  python -m bench fanout --server fanout-hist --protocol v1 --channel hist.bench  # history
+  python -m bench recovery --server fanout-hist --clients 1000 --behind 100
   python -m bench maxconn --target 40000 --server fanout-wN --workers 3
   python -m bench churn --subscribers 1000 --churners 50
   python -m bench slow --subscribers 1000 --slow-share 0.1
@@ -36,7 +40,18 @@ from bench import scenarios, servers
 from bench.http_load import API_KEY
 from bench.summary import summarize
 
-SERVER_NAMES = ["fanout", "fanout-asgi", "fanout-wN", "node-ws", "websockets", "naive-starlette"]
+SERVER_NAMES = [
+    "fanout",
+    "fanout-asgi",
+    "fanout-wN",
+    "fanout-auth",
+    "fanout-hist",
+    "fanout-hist-wN",
+    "fanout-hist-redis-wN",
+    "node-ws",
+    "websockets",
+    "naive-starlette",
+]
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -86,7 +101,7 @@ def target_from(args: argparse.Namespace) -> Iterator[scenarios.Target]:
         )
         return
     specs = servers.server_specs(args.workers)
-    name = args.server.replace("fanout-wN", f"fanout-w{args.workers}")
+    name = args.server.replace("-wN", f"-w{args.workers}")
     if name not in specs:
         raise SystemExit(f"unknown server {args.server!r}; choose from {', '.join(specs)}")
     spec = specs[name]
@@ -142,6 +157,26 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--connections", type=int, default=5000)
     p.add_argument("--concurrency", type=int, default=200, help="in flight per client process")
+    tok = p.add_mutually_exclusive_group()
+    tok.add_argument(
+        "--token",
+        action="store_true",
+        help="?token=<HS256 JWT> on every URL, a distinct one per connection (signed up front;"
+        " server: fanout-auth)",
+    )
+    tok.add_argument(
+        "--same-token",
+        action="store_true",
+        help="like --token, one token for every connection (the verified-token cache)",
+    )
+    p.add_argument("--secret", default=servers.TOKEN_SECRET, help="HS256 secret of the tokens")
+
+    p = sub.add_parser(
+        "recovery", help="N clients reconnect with since, M behind, on a history channel"
+    )
+    _common(p)
+    p.add_argument("--clients", type=int, default=1000)
+    p.add_argument("--behind", type=int, default=100, help="messages published while away")
 
     p = sub.add_parser("maxconn", help="ramp idle connections up to a target")
     _common(p)
@@ -257,7 +292,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "memory":
             r = scenarios.memory(t, args.steps, args.settle, procs, path)
         elif args.cmd == "connect":
-            r = scenarios.connect_rate(t, args.connections, args.concurrency, procs, path)
+            token = "distinct" if args.token else "same" if args.same_token else "none"
+            r = scenarios.connect_rate(
+                t, args.connections, args.concurrency, procs, path, token, args.secret
+            )
+        elif args.cmd == "recovery":
+            channel = args.channel if args.channel != "news" else servers.HIST_CHANNEL
+            path = args.path or "/ws"
+            r = scenarios.recovery(t, args.clients, args.behind, channel, procs, path)
         elif args.cmd == "maxconn":
             r = scenarios.max_connections(t, args.target, args.batch, args.time_limit, path=path)
         elif args.cmd == "churn":
@@ -307,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         kind = r["scenario"]
         if r.get("params", {}).get("protocol") == "fanout.v1":
             kind += "-v1"
+        if r.get("params", {}).get("token", "none") != "none":
+            kind += "-token-" + r["params"]["token"]
         if kind == "api":
             kind += "-" + r["params"]["endpoint"]
         out = servers.RESULTS_DIR / f"extra-{kind}-{r['server']}.json"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import resource
 import socket
@@ -46,6 +47,8 @@ class WsConn(asyncio.Protocol):
         prefix: int,
         proto: str = "raw",
         channel: str = "news",
+        since: tuple[int, str] | None = None,
+        full_reply: bool = False,
     ) -> None:
         self.worker = worker
         self.path = path
@@ -61,6 +64,13 @@ class WsConn(asyncio.Protocol):
         if self.v1 and prefix:
             prefix = max(prefix, wsp.v1_prefix_len(channel))
         self.parser = wsp.FrameParser(prefix=max(prefix, 24) if self.v1 else prefix)
+        # History recovery: `sub` carries `since`, and the whole reply (its `pubs`) is kept.
+        self.since = since
+        self.full_reply = full_reply
+        self.reply = b""
+        self.ready_at = 0.0
+        if full_reply:
+            self.parser.prefix = wsp.FULL_PAYLOAD
         self.transport: asyncio.Transport | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.upgraded = False
@@ -95,7 +105,8 @@ class WsConn(asyncio.Protocol):
             self.upgraded = True
             self._hbuf = b""
             if self.v1:
-                self.send(wsp.encode_frame(wsp.v1_sub(1, self.channel), wsp.OP_TEXT))
+                sub = wsp.v1_sub(1, self.channel, self.since)
+                self.send(wsp.encode_frame(sub, wsp.OP_TEXT))
             elif not self.ready.done():
                 self.ready.set_result(None)
             if not rest:
@@ -150,6 +161,9 @@ class WsConn(asyncio.Protocol):
             if status is None:
                 continue
             self.subscribing = False
+            self.ready_at = time.monotonic()
+            if self.full_reply:
+                self.reply = p
             if not self.prefix:
                 self.parser.prefix = 0  # from now on count frames without keeping payloads
             if self.ready.done():
@@ -368,6 +382,8 @@ class Worker:
         limit_s: float,
         proto: str = "raw",
         channel: str = "news",
+        since: tuple[int, str] | None = None,
+        full_reply: bool = False,
     ) -> WsConn:
         loop = asyncio.get_running_loop()
         local: tuple[str, int] | None = None
@@ -377,7 +393,7 @@ class Worker:
         holder: list[WsConn] = []
 
         def factory() -> WsConn:
-            c = WsConn(self, path, role, prefix, proto, channel)
+            c = WsConn(self, path, role, prefix, proto, channel, since, full_reply)
             holder.append(c)
             return c
 
@@ -402,6 +418,8 @@ class Worker:
         limit_s: float,
         proto: str = "raw",
         channel: str = "news",
+        since: tuple[int, str] | None = None,
+        full_reply: bool = False,
     ) -> WsConn:
         """Like ``open_one`` on a plain socket with SO_TIMESTAMPNS: every read carries the
         kernel's receive time, so latency excludes the generator's own processing delay."""
@@ -418,7 +436,7 @@ class Worker:
         except BaseException:
             sock.close()
             raise
-        conn = WsConn(self, path, role, prefix, proto, channel)
+        conn = WsConn(self, path, role, prefix, proto, channel, since, full_reply)
         shim = SocketShim(sock, conn, loop)
         conn.connection_made(shim)  # type: ignore[arg-type]
         try:
@@ -437,7 +455,15 @@ class Worker:
         timeout = float(cmd.get("timeout", 10.0))
         proto = str(cmd.get("proto", "raw"))
         channel = str(cmd.get("channel", "news"))
+        full_reply = bool(cmd.get("full_reply", False))
         opener = self.open_one_ts if cmd.get("kernel_ts") else self.open_one
+        # `?token=`: every URL signed here, before the clock starts (see `sign_tokens`).
+        paths = [path] * n
+        token = cmd.get("token")
+        if token:
+            sep = "&" if "?" in path else "?"
+            toks = sign_tokens(n, str(token["secret"]), str(token["mode"]), self.worker_id)
+            paths = [f"{path}{sep}token={t}" for t in toks]
         deadline = time.monotonic() + float(cmd.get("deadline", 60.0))
         sem = asyncio.Semaphore(int(cmd.get("concurrency", 200)))
         errors: Counter[str] = Counter()
@@ -445,7 +471,7 @@ class Worker:
         times: list[float] = []
         t_start = time.monotonic()
 
-        async def one() -> None:
+        async def one(url: str) -> None:
             nonlocal ok
             async with sem:
                 if time.monotonic() > deadline:
@@ -453,7 +479,9 @@ class Worker:
                     return
                 t = time.monotonic()
                 try:
-                    c = await opener(path, role, prefix, sources, timeout, proto, channel)
+                    c = await opener(
+                        url, role, prefix, sources, timeout, proto, channel, None, full_reply
+                    )
                 except Exception as exc:
                     errors[_err_name(exc)] += 1
                     return
@@ -461,7 +489,7 @@ class Worker:
                 self.conns.append(c)
                 ok += 1
 
-        await asyncio.gather(*(one() for _ in range(n)))
+        await asyncio.gather(*(one(url) for url in paths))
         elapsed = time.monotonic() - t_start
         if role == "pub":
             base = self.worker_id * 1000 + len(self.publishers)
@@ -478,6 +506,92 @@ class Worker:
             "handshake_max_ms": 1000 * times[-1] if times else None,
             "open": self.open_count(),
         }
+
+    async def cmd_drop(self, cmd: Cmd) -> Cmd:
+        """Close (politely) every open connection of ``role``; they stay listed, so
+        ``reconnect`` can open each again from where it was."""
+        role = str(cmd.get("role", "sub"))
+        conns = [c for c in self.conns if c.role == role and not c.closed]
+        for c in conns:
+            c.close()
+        await asyncio.sleep(0.05)
+        return {"dropped": len(conns), "open": self.open_count()}
+
+    async def cmd_publish_n(self, cmd: Cmd) -> Cmd:
+        """The first publisher sends ``n`` messages (window of 32) and waits, bounded, until
+        it has received them all back (a history channel stores before it delivers)."""
+        n = int(cmd["n"])
+        p = self.publishers[0]
+        now = time.monotonic()
+        target = p.acked + n
+        p.window = int(cmd.get("window", 32))
+        p.rate = 0.0
+        p.max_messages = p.sent + n
+        p.start(now, now + float(cmd.get("timeout", 30.0)))
+        deadline = now + float(cmd.get("timeout", 30.0))
+        while time.monotonic() < deadline:
+            if p.acked >= target:
+                break
+            await asyncio.sleep(0.01)
+        p.stop()
+        acked = p.acked - (target - n)
+        return {"sent": n, "acked": acked, "elapsed": time.monotonic() - now}
+
+    async def cmd_reconnect(self, cmd: Cmd) -> Cmd:
+        """Reopen every dropped connection of ``role`` at ``start_at``, all at once, each
+        subscribing with ``since`` its last position (the offset and epoch of its previous
+        ``sub`` reply); keep each whole reply. Returns when the first began and the last
+        reply arrived (``time.monotonic``, one clock for every process of the host)."""
+        role = str(cmd.get("role", "rec"))
+        timeout = float(cmd.get("timeout", 30.0))
+        sources = list(cmd.get("sources", []))
+        old = [c for c in self.conns if c.role == role and c.closed and c.reply]
+        errors: Counter[str] = Counter()
+        new: list[WsConn] = []
+        await _sleep_until(float(cmd.get("start_at", 0.0)))
+        t_first = time.monotonic()
+
+        async def one(c: WsConn) -> None:
+            since = reply_position(c.reply)
+            try:
+                n = await self.open_one(
+                    c.path, "recovered", 0, sources, timeout, "v1", c.channel, since, True
+                )
+            except Exception as exc:
+                errors[_err_name(exc)] += 1
+                return
+            n.since = since
+            new.append(n)
+
+        await asyncio.gather(*(one(c) for c in old))
+        self.conns.extend(new)
+        t_last = max((c.ready_at for c in new), default=t_first)
+        return {
+            "t_first": t_first,
+            "t_last": t_last,
+            "ok": len(new),
+            "failed": len(old) - len(new),
+            "errors": dict(errors),
+        }
+
+    async def cmd_recovery_check(self, cmd: Cmd) -> Cmd:
+        """Check each reconnected client's reply: ``recovered``, exactly ``expect``
+        publications, offsets ``since+1 ..`` in order, the publisher's sequence in order."""
+        expect = int(cmd["expect"])
+        good = 0
+        problems: Counter[str] = Counter()
+        example: list[Any] = []
+        for c in self.conns:
+            if c.role != "recovered":
+                continue
+            problem = check_recovery(c.reply, c.since, expect)
+            if problem:
+                problems[problem] += 1
+                if not example:
+                    example = [problem, c.since, recovered_order(c.reply)]
+            else:
+                good += 1
+        return {"complete": good, "problems": dict(problems), "example": example}
 
     def open_count(self) -> int:
         return sum(1 for c in self.conns if not c.closed)
@@ -746,6 +860,67 @@ class Worker:
         # The event loop made the pipe non-blocking; a large reply must not fail with EAGAIN.
         os.set_blocking(self.pipe.fileno(), True)
         self.pipe.send(reply)
+
+
+def sign_tokens(n: int, secret: str, mode: str, worker_id: int) -> list[str]:
+    """``n`` HS256 connection tokens: one per connection (``distinct``: each signature is
+    checked by the server) or one for all (``same``: the server's verified-token cache)."""
+    import jwt  # PyJWT, only where tokens are used
+
+    nonce = os.urandom(4).hex()
+    if mode == "same":
+        one = jwt.encode({"sub": f"bench-{worker_id}-{nonce}"}, secret, algorithm="HS256")
+        return [one] * n
+    if mode != "distinct":
+        raise ValueError(f"token mode must be distinct or same, not {mode!r}")
+    return [
+        jwt.encode({"sub": f"bench-{worker_id}-{nonce}-{i}"}, secret, algorithm="HS256")
+        for i in range(n)
+    ]
+
+
+def reply_position(reply: bytes) -> tuple[int, str]:
+    """``(o, e)`` of a history channel's ``sub`` reply ``{"id":1,"res":{"o":N,"e":E,...}}``."""
+    res = json.loads(reply)["res"]
+    return int(res["o"]), str(res["e"])
+
+
+def recovered_order(reply: bytes) -> list[tuple[int, int]]:
+    """``(offset, publisher sequence)`` of each publication a recovery reply holds."""
+    out = []
+    with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+        for p in json.loads(reply)["res"].get("pubs", []):
+            data = json.dumps(p.get("d"), separators=(",", ":")).encode()
+            head = wsp.v1_headers([data])
+            seq = wsp.PAYLOAD_HEADER.unpack(head[0])[2] if head else -1
+            out.append((int(p.get("o", -1)), seq))
+    return out
+
+
+def check_recovery(reply: bytes, since: tuple[int, str] | None, expect: int) -> str:
+    """Why a recovery reply is not exactly the ``expect`` publications after ``since``, in
+    order (offsets and the publisher's sequence numbers); ``""`` when it is."""
+    if not reply or since is None:
+        return "no reply"
+    res = json.loads(reply).get("res")
+    if res is None:
+        return "error reply"
+    if res.get("recovered") is not True:
+        return "not recovered"
+    pubs = res.get("pubs", [])
+    if len(pubs) != expect:
+        return f"{len(pubs)} publications"
+    if [p.get("o") for p in pubs] != list(range(since[0] + 1, since[0] + 1 + expect)):
+        return "offsets out of order"
+    seqs = []
+    for p in pubs:
+        head = wsp.v1_headers([json.dumps(p.get("d"), separators=(",", ":")).encode()])
+        if not head:
+            return "data without header"
+        seqs.append(wsp.PAYLOAD_HEADER.unpack(head[0])[2])
+    if seqs != list(range(seqs[0], seqs[0] + expect)):
+        return "sequence out of order"
+    return ""
 
 
 async def _sleep_until(t: float) -> None:

@@ -144,9 +144,17 @@ def make_json_data(size: int, pub_id: int, seq: int, t_ns: int) -> bytes:
     return _JSON_HEAD + head + _JSON_MID + pad + _JSON_TAIL
 
 
-def v1_sub(id: int, channel: str) -> bytes:
-    """The ``sub`` command (a text frame's payload)."""
-    return b'{"id":%d,"op":"sub","ch":%b}' % (id, json.dumps(channel).encode())
+FULL_PAYLOAD = 1 << 24
+"""A ``FrameParser`` prefix that keeps whole payloads (a history ``sub`` reply's ``pubs``)."""
+
+
+def v1_sub(id: int, channel: str, since: tuple[int, str] | None = None) -> bytes:
+    """The ``sub`` command (a text frame's payload), with ``since: {o, e}`` to recover."""
+    ch = json.dumps(channel).encode()
+    if since is None:
+        return b'{"id":%d,"op":"sub","ch":%b}' % (id, ch)
+    pos = json.dumps({"o": since[0], "e": since[1]}, separators=(",", ":")).encode()
+    return b'{"id":%d,"op":"sub","ch":%b,"since":%b}' % (id, ch, pos)
 
 
 def v1_pub_prefix(channel: str) -> bytes:

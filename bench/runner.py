@@ -35,9 +35,15 @@ class Item:
     params: dict[str, Any] = field(default_factory=dict)
     broker_only: bool = False
     """Needs fanout.v1 or the HTTP API: run only on servers that have them."""
+    needs: frozenset[str] = frozenset()
+    """Server features (``ServerSpec.features``: auth, history) the item needs."""
+    avoid: frozenset[str] = frozenset()
+    """Features of servers the item is not run on (they exist for other items)."""
 
     def applies(self, spec: servers.ServerSpec) -> bool:
-        return spec.broker or not self.broker_only
+        if self.broker_only and not spec.broker:
+            return False
+        return self.needs <= spec.features and not (self.avoid & spec.features)
 
 
 def plan(quick: bool, subscribers: list[int]) -> list[Item]:
@@ -54,15 +60,72 @@ def plan(quick: bool, subscribers: list[int]) -> list[Item]:
     def api(endpoint: str) -> Callable[[scenarios.Target], dict[str, Any]]:
         return lambda t: scenarios.api(t, endpoint=endpoint, duration=d, warmup=1.0)
 
+    def fan_hist(n: int) -> Callable[[scenarios.Target], dict[str, Any]]:
+        return lambda t: scenarios.fanout(
+            dataclasses.replace(t, protocol="v1", channel=servers.HIST_CHANNEL),
+            subscribers=n,
+            duration=d,
+            warmup=1.0,
+            path="/ws",
+        )
+
+    def connect(n: int, token: str) -> Callable[[scenarios.Target], dict[str, Any]]:
+        return lambda t: scenarios.connect_rate(t, connections=n, token=token)
+
+    def latency_v1(channel: str) -> Callable[[scenarios.Target], dict[str, Any]]:
+        return lambda t: scenarios.latency(
+            dataclasses.replace(t, protocol="v1", channel=channel),
+            subscribers=1000,
+            rates=rates,
+            duration=d,
+            warmup=0.5,
+            path="/ws",
+        )
+
+    hist = frozenset({"history"})
+    auth = frozenset({"auth"})
+    rates = [20.0, 50.0, 100.0]
     items = []
     for n in subscribers:
-        items.append(Item(f"fanout-{n}", "fanout", fan(n), {"subscribers": n, "duration": d}))
+        params = {"subscribers": n, "duration": d}
+        items.append(Item(f"fanout-{n}", "fanout", fan(n), params, avoid=hist))
         v1_params = {"subscribers": n, "duration": d, "protocol": "fanout.v1", "data": "64 B JSON"}
-        items.append(Item(f"fanout-v1-{n}", "fanout", fan_v1(n), v1_params, broker_only=True))
+        items.append(
+            Item(f"fanout-v1-{n}", "fanout", fan_v1(n), v1_params, broker_only=True, avoid=hist)
+        )
+        hist_params = {**v1_params, "channel": servers.HIST_CHANNEL}
+        items.append(Item(f"fanout-hist-{n}", "fanout", fan_hist(n), hist_params, needs=hist))
+    # Issue 10: connects/s with `?token=` (HS256) against the same server without one.
+    conns = 5000
+    for token in scenarios.TOKEN_MODES:
+        key = f"connect-{conns}" if token == "none" else f"connect-token-{token}-{conns}"
+        items.append(
+            Item(
+                key,
+                "connect",
+                connect(conns, token),
+                {"connections": conns, "concurrency": 200, "token": token},
+                needs=frozenset() if token == "none" else auth,
+                avoid=hist,
+            )
+        )
+    # Issue 11: latency with and without history (fanout.v1 both, on the same server), and
+    # the recovery of 1,000 clients 100 messages behind.
+    for key, channel in (("latency-v1", "news"), ("latency-hist", servers.HIST_CHANNEL)):
+        lat_params = {"subscribers": 1000, "rates": rates, "duration": d, "channel": channel}
+        items.append(Item(key, "latency", latency_v1(channel), lat_params, needs=hist))
+    items.append(
+        Item(
+            "recovery-1000",
+            "recovery",
+            lambda t: scenarios.recovery(t, clients=1000, behind=100),
+            {"clients": 1000, "behind": 100, "channel": servers.HIST_CHANNEL},
+            needs=hist,
+        )
+    )
     for endpoint in scenarios.API_ENDPOINTS:
         api_params = {"endpoint": endpoint, "connections": 32, "subscribers": 2, "duration": d}
         items.append(Item(f"api-{endpoint}", "api", api(endpoint), api_params, broker_only=True))
-    rates = [20.0, 50.0, 100.0]
     items.append(
         Item(
             "latency",
@@ -163,9 +226,7 @@ def machine_info() -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> None:
     specs = servers.server_specs(args.workers)
-    names = [
-        s.replace("fanout-wN", f"fanout-w{args.workers}") for s in (args.servers or DEFAULT_SERVERS)
-    ]
+    names = [s.replace("-wN", f"-w{args.workers}") for s in (args.servers or DEFAULT_SERVERS)]
     for n in names:
         if n not in specs:
             raise SystemExit(f"unknown server {n!r}; choose from {', '.join(specs)}")

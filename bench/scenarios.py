@@ -19,7 +19,7 @@ from bench import stats
 from bench.client import Cmd, raise_fd_limit, worker_main
 from bench.http_load import API_KEY, build_request, publish_body
 from bench.protocol import JSON_PAYLOAD_MIN, PAYLOAD_MIN, make_json_data
-from bench.servers import core_util, cpu_times
+from bench.servers import HIST_CHANNEL, TOKEN_SECRET, core_util, cpu_times
 
 Result = dict[str, Any]
 PER_PROC_MAX = 15_000  # connections per client process (hard fd limit here is 20,000)
@@ -442,21 +442,41 @@ def memory(
     }
 
 
+TOKEN_MODES = ("none", "distinct", "same")
+
+
 def connect_rate(
     target: Target,
     connections: int = 5000,
     concurrency: int = 200,
     procs: int = 2,
     path: str = "/ws/broadcast",
+    token: str = "none",
+    secret: str = TOKEN_SECRET,
 ) -> Result:
-    """Open N connections as fast as possible (bounded concurrency per client process)."""
+    """Open N connections as fast as possible (bounded concurrency per client process).
+
+    ``token``: ``distinct`` puts a different HS256 JWT (``sub`` claim) in each URL's
+    ``?token=`` (every signature checked by the server), ``same`` one token for all (the
+    server's verified-token cache); the client processes sign them before the clock starts."""
+    if token not in TOKEN_MODES:
+        raise ValueError(f"token must be one of {', '.join(TOKEN_MODES)}")
+    kw: Result = {"token": {"secret": secret, "mode": token}} if token != "none" else {}
     with Fleet(target, _procs_for(connections, procs)) as fleet:
-        conn = fleet.connect_subs(connections, concurrency=concurrency, path=path, timeout=15.0)
+        conn = fleet.connect_subs(
+            connections, concurrency=concurrency, path=path, timeout=15.0, **kw
+        )
         rss = target.rss_kb() if target.rss_kb else None
     return {
         "scenario": "connect",
         "server": target.name,
-        "params": {"connections": connections, "concurrency": concurrency, "procs": procs},
+        "params": {
+            "connections": connections,
+            "concurrency": concurrency,
+            "procs": procs,
+            "token": token,
+            **_speech(target, path),
+        },
         "connected": conn["ok"],
         "failed": conn["failed"],
         "errors": conn["errors"],
@@ -624,6 +644,80 @@ def slow_consumer(
         "fast_p99_ratio": ratio(lat_a.get("p99_ms"), lat_b.get("p99_ms")),
         "server_rss_growth_kb": (after.get("server_rss_kb", 0) - rss0) if rss0 else None,
     }
+
+
+def recovery(
+    target: Target,
+    clients: int = 1000,
+    behind: int = 100,
+    channel: str = HIST_CHANNEL,
+    procs: int = 2,
+    path: str = "/ws",
+) -> Result:
+    """History recovery: ``clients`` fanout.v1 clients subscribe to a history channel
+    (keeping their position from the reply), disconnect; a publisher publishes ``behind``
+    messages and sees them all come back; then every client reconnects at the same moment
+    with ``sub`` ``since`` its position. Figure: from the first reconnect to the last complete
+    reply; each reply is checked to hold exactly the ``behind`` publications, in order."""
+    t = dataclasses.replace(target, protocol="v1", channel=channel)
+    with Fleet(t, _procs_for(clients, procs)) as fleet:
+        conn = fleet.connect_subs(clients, role="rec", path=path, full_reply=True)
+        _check_connected(conn, clients, "subscriber")
+        fleet.connect_pubs(1, {"size": 64, "path": path})
+        dropped = sum(r["dropped"] for r in fleet.all_subs({"op": "drop", "role": "rec"}, 30))
+        time.sleep(0.5)  # let the server see them go
+        pub = fleet.request({0: {"op": "publish_n", "n": behind, "timeout": 30.0}}, 40)[0]
+        if pub["acked"] != behind:
+            raise RuntimeError(f"publisher got {pub['acked']} of its {behind} messages back")
+        start_at = time.monotonic() + 0.5
+        cpu0 = target.cpu_seconds() if target.cpu_seconds else None
+        rec = fleet.all_subs(
+            {
+                "op": "reconnect",
+                "role": "rec",
+                "start_at": start_at,
+                "timeout": 30.0,
+                "sources": sources_for(clients),
+            },
+            60,
+        )
+        cpu1 = target.cpu_seconds() if target.cpu_seconds else None
+        checks = fleet.all_subs({"op": "recovery_check", "expect": behind}, 60)
+    errors: dict[str, int] = {}
+    problems: dict[str, int] = {}
+    for r in rec:
+        for k, v in r["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+    for c in checks:
+        for k, v in c["problems"].items():
+            problems[k] = problems.get(k, 0) + v
+    t_first = min(r["t_first"] for r in rec)
+    t_last = max(r["t_last"] for r in rec)
+    complete = sum(c["complete"] for c in checks)
+    out: Result = {
+        "scenario": "recovery",
+        "server": target.name,
+        "params": {
+            "clients": clients,
+            "behind": behind,
+            "procs": procs,
+            **_speech(t, path),
+        },
+        "connect": conn,
+        "dropped": dropped,
+        "published": pub["acked"],
+        "reconnected": sum(r["ok"] for r in rec),
+        "reconnect_failed": sum(r["failed"] for r in rec),
+        "errors": errors,
+        "recovery_s": round(t_last - t_first, 4),
+        "complete": complete,
+        "problems": problems,
+        "problem_example": next((c["example"] for c in checks if c["example"]), None),
+        "all_complete": complete == clients,
+    }
+    if cpu0 is not None and cpu1 is not None:
+        out["server_cpu_s"] = round(cpu1 - cpu0, 3)
+    return out
 
 
 API_ENDPOINTS = ("publish", "healthz")

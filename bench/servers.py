@@ -40,6 +40,9 @@ class ServerSpec:
     """Directory to run from (default APP_DIR): another checkout for a before/after run."""
     broker: bool = False
     """Speaks fanout.v1 on /ws and serves the HTTP API (with the key ``BROKER_ENV`` sets)."""
+    features: frozenset[str] = frozenset()
+    """What the extra env turns on: ``auth`` (an HS256 token secret), ``history`` (a rules
+    file with history on ``hist.*``); plan items that need one run only where it is."""
 
 
 def free_port() -> int:
@@ -83,6 +86,15 @@ FANOUT_ENV = {
 _ENV_NOTE = " ".join(f"{k}={v}" for k, v in FANOUT_ENV.items())
 # Servers with the broker (fanout.v1, HTTP API) also get the key the `api` scenario sends.
 BROKER_ENV = {**FANOUT_ENV, "FANOUT_API_KEYS": API_KEY}
+# `fanout-auth`: HS256 tokens (`?token=` on the URL) signed with this secret are checked.
+TOKEN_SECRET = "bench-token-secret-0123456789abcdef"
+AUTH_ENV = {"FANOUT_TOKEN_HMAC_SECRET": TOKEN_SECRET}
+# `fanout-hist*`: channels `hist.*` keep history (size 1000, ttl 600 s); others do not.
+HIST_CONFIG = Path(__file__).resolve().parent / "configs" / "hist.toml"
+HIST_ENV = {"FANOUT_CONFIG": str(HIST_CONFIG)}
+HIST_CHANNEL = "hist.bench"
+# `fanout-hist-redis-wN` exists when BENCH_REDIS_URL names a Redis the caller started.
+REDIS_URL_ENV = "BENCH_REDIS_URL"
 
 
 def server_specs(workers: int = 2) -> dict[str, ServerSpec]:
@@ -103,7 +115,46 @@ def server_specs(workers: int = 2) -> dict[str, ServerSpec]:
         if baseline
         else {}
     )
+    redis_url = os.environ.get(REDIS_URL_ENV, "")
+    if redis_url:
+        extra[f"fanout-hist-redis-w{workers}"] = ServerSpec(
+            f"fanout-hist-redis-w{workers}",
+            _uvicorn("app.main:app", workers),
+            {**BROKER_ENV, **HIST_ENV, "FANOUT_BACKEND": redis_url},
+            workers=workers,
+            description=f"Fanout, {workers} uvicorn workers, FANOUT_BACKEND={redis_url},"
+            f" FANOUT_CONFIG={HIST_CONFIG.relative_to(REPO)} (history on hist.*)",
+            broker=True,
+            features=frozenset({"history"}),
+        )
     return extra | {
+        "fanout-auth": ServerSpec(
+            "fanout-auth",
+            _uvicorn("app.main:app"),
+            {**BROKER_ENV, **AUTH_ENV},
+            description="Fanout, 1 uvicorn worker, FANOUT_TOKEN_HMAC_SECRET set (HS256 tokens)",
+            broker=True,
+            features=frozenset({"auth"}),
+        ),
+        "fanout-hist": ServerSpec(
+            "fanout-hist",
+            _uvicorn("app.main:app"),
+            {**BROKER_ENV, **HIST_ENV},
+            description=f"Fanout, 1 uvicorn worker, local://,"
+            f" FANOUT_CONFIG={HIST_CONFIG.relative_to(REPO)} (history on hist.*)",
+            broker=True,
+            features=frozenset({"history"}),
+        ),
+        f"fanout-hist-w{workers}": ServerSpec(
+            f"fanout-hist-w{workers}",
+            _uvicorn("app.main:app", workers),
+            {**BROKER_ENV, **HIST_ENV},
+            workers=workers,
+            description=f"Fanout, {workers} uvicorn workers, local://,"
+            f" FANOUT_CONFIG={HIST_CONFIG.relative_to(REPO)} (history on hist.*)",
+            broker=True,
+            features=frozenset({"history"}),
+        ),
         "fanout": ServerSpec(
             "fanout",
             _uvicorn("app.main:app"),

@@ -48,7 +48,16 @@ def summarize(r: dict[str, Any]) -> str:
             for pt in r["points"]
         )
         return f"[memory] {name}: baseline {r['baseline_rss_kb'] / 1024:.1f} MiB; {pts}"
+    if s == "recovery":
+        return (
+            f"[recovery] {name}: {r['reconnected']}/{p['clients']} clients back with since,"
+            f" {p['behind']} behind: all replies in {_num(r['recovery_s'])} s;"
+            f" {r['complete']} complete and in order; problems {r['problems']},"
+            f" errors {r['errors']}, server CPU {_num(r.get('server_cpu_s'))} s"
+        )
     if s == "connect":
+        if p.get("token", "none") != "none":
+            name += f" (token: {p['token']})"
         return (
             f"[connect] {name}: {r['connected']}/{p['connections']} in {r['elapsed_s']} s = "
             f"{_num(r['connects_per_s'])} connects/s, handshake p50 "
