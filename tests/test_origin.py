@@ -9,7 +9,6 @@ FANOUT_REQUIRE_ORIGIN=true.
 from __future__ import annotations
 
 import functools
-import os
 import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +21,7 @@ from websockets.exceptions import InvalidStatus
 
 from app.config import Settings, SettingsError
 from app.services.origins import OriginPolicy
+from tests.support.browser import chromium
 from tests.support.clients import assert_still_serving
 from tests.support.protocol import SUBPROTOCOL
 from tests.support.servers import OUTPUT, SERVERS, ServerKind, ServerProcess, StartServer
@@ -199,19 +199,6 @@ async def test_the_open_default_lets_every_origin_in(server: ServerProcess) -> N
 
 # -- real Chromium ------------------------------------------------------------------------
 
-# Launched as tests/test_page_browser.py launches it: Debian's Chromium through Playwright.
-CHROMIUM = Path(os.environ.get("FANOUT_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--no-proxy-server",
-]
 TIMEOUT_MS = 10_000
 
 PROBE = """(url) => new Promise((resolve) => {
@@ -234,18 +221,8 @@ PAGE = f"""<!doctype html>
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} not found: the origin test cannot run in CI", pytrace=False)
-        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 @pytest.fixture

@@ -18,37 +18,20 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+
+from tests.support.browser import chromium
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Locator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OUTPUT_DIR = REPO_ROOT / "test-output" / "page_browser"
-CHROMIUM = Path(os.environ.get("FANOUT_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--no-proxy-server",
-]
 TIMEOUT_MS = 10_000
 MAX_MESSAGE_BYTES = 4096  # small, so one test can provoke close code 1009 from the page
-
-
-def _unavailable(reason: str) -> NoReturn:
-    """Fail loudly in CI (a silently skipped browser test is a lost test); skip locally."""
-    if os.environ.get("CI"):
-        pytest.fail(f"browser test cannot run in CI: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def _free_port() -> int:
@@ -122,18 +105,8 @@ def page_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        _unavailable(f"{CHROMIUM} not found (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        _unavailable(f"playwright is not installed: {exc}")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 class PageProbe:

@@ -7,31 +7,17 @@ in test-output/page_mobile/.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.support.browser import chromium
 from tests.support.servers import OUTPUT, ServerProcess
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
-# Launched as tests/test_page_browser.py launches it: Debian's Chromium through Playwright.
-CHROMIUM = Path(os.environ.get("FANOUT_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--no-proxy-server",
-]
 SHOTS = OUTPUT / "page_mobile"
 WIDTHS = [320, 360, 390]
 
@@ -54,18 +40,8 @@ def page_server() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} not found: the page test cannot run in CI", pytrace=False)
-        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 def _assert_fits(page: Page, width: int, what: str) -> None:
