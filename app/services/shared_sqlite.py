@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -36,3 +38,23 @@ def open_shared(path: Path, busy_timeout: float, schema: Iterable[str]) -> sqlit
         except sqlite3.Error:
             db.close()
             raise
+
+
+def remove_if_last(path: Path, folder: Path) -> None:
+    """Remove ``path`` (with its WAL files) and ``folder`` once no worker of the group has a
+    socket there.
+
+    Call after the backend removed this worker's socket (Node stops the stores after the
+    backend). A sibling that is still stopping may hold the file open; on Unix it keeps its
+    (unlinked) copy until it closes it, which it is about to do.
+    """
+    try:
+        if any(name.endswith(".sock") for name in os.listdir(folder)):
+            return
+    except FileNotFoundError:
+        return
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{path}{suffix}")
+    with contextlib.suppress(OSError):
+        folder.rmdir()

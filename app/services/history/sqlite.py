@@ -43,7 +43,7 @@ from typing import Final, TypeVar
 
 from app.services.history.memory import new_epoch
 from app.services.history.store import Entry, HistoryUnavailable, Position, Retention
-from app.services.shared_sqlite import open_shared
+from app.services.shared_sqlite import open_shared, remove_if_last
 
 FILE_NAME: Final = "history.sqlite3"
 BUSY_TIMEOUT: Final = 5.0
@@ -278,22 +278,7 @@ class SqliteHistoryStore:
         self._remove_if_last()
 
     def _remove_if_last(self) -> None:
-        """Remove the file and the folder once no worker of the group has a socket there.
-
-        Called after the backend has removed this worker's socket (Node stops the history
-        after the backend). A sibling that is still stopping may hold the file open; on
-        Unix it keeps its (unlinked) copy until it closes it, which it is about to do.
-        """
-        try:
-            if any(name.endswith(".sock") for name in os.listdir(self.folder)):
-                return
-        except FileNotFoundError:
-            return
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{self.path}{suffix}")
-        with contextlib.suppress(OSError):
-            self.folder.rmdir()
+        remove_if_last(self.path, self.folder)
 
 
 def _expired(updated: float, now: float, ttl: float) -> bool:
