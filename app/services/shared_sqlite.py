@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 RETRY_PAUSE = 0.02
 """Seconds between two tries to open a file another worker is setting up."""
@@ -58,3 +63,16 @@ def remove_if_last(path: Path, folder: Path) -> None:
             os.unlink(f"{path}{suffix}")
     with contextlib.suppress(OSError):
         folder.rmdir()
+
+
+async def run_on(
+    executor: Executor | None, call: Callable[[], T], unavailable: Callable[[str], Exception]
+) -> T:
+    """``call()`` on the store's own thread; its SQLite or file errors (and a store that was
+    not started) raised as ``unavailable(reason)``, the store's own error."""
+    if executor is None:
+        raise unavailable("store not started")
+    try:
+        return await asyncio.get_running_loop().run_in_executor(executor, call)
+    except (sqlite3.Error, OSError) as exc:
+        raise unavailable(f"{type(exc).__name__}: {exc}") from exc

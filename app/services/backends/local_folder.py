@@ -39,6 +39,15 @@ def default_group() -> str | None:
     return f"sup-{os.getppid()}"
 
 
+def shared_folder(directory: str, group: str) -> Path | None:
+    """The folder the workers of a local:// server share (FANOUT_LOCAL_DIR/<group>), the one
+    LocalBackend links them in; None for a process that is a group of its own."""
+    name = group or default_group()
+    if name is None:
+        return None
+    return (Path(directory) if directory else default_directory()) / name
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process with ``pid`` exists (signal 0 checks without signalling)."""
     try:

@@ -13,11 +13,9 @@ channel's publications on its own, and two publications would share an offset.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from app.config import Settings
 from app.services.backends import Backend
-from app.services.backends.local_folder import default_directory, default_group
+from app.services.backends.local_folder import shared_folder
 from app.services.history.memory import MemoryHistoryStore
 from app.services.history.sqlite import SqliteHistoryStore
 from app.services.history.store import HistoryStore
@@ -32,11 +30,8 @@ def create_history_store(settings: Settings, backend: Backend) -> HistoryStore:
     if backend.name == "local":
         # The same folder and group rule as LocalBackend: a worker of a multi-process
         # server (or of an explicit group) shares a folder with its siblings.
-        group = settings.local_group or default_group()
-        if group is None:
-            return MemoryHistoryStore()
-        base = Path(settings.local_dir) if settings.local_dir else default_directory()
-        return SqliteHistoryStore(base / group)
+        folder = shared_folder(settings.local_dir, settings.local_group)
+        return MemoryHistoryStore() if folder is None else SqliteHistoryStore(folder)
     if backend.name == "redis":
         from app.services.history.redis import RedisHistoryStore
 

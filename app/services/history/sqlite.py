@@ -43,7 +43,7 @@ from typing import Final, TypeVar
 
 from app.services.history.memory import new_epoch
 from app.services.history.store import Entry, HistoryUnavailable, Position, Retention
-from app.services.shared_sqlite import open_shared, remove_if_last
+from app.services.shared_sqlite import open_shared, remove_if_last, run_on
 
 FILE_NAME: Final = "history.sqlite3"
 BUSY_TIMEOUT: Final = 5.0
@@ -148,12 +148,7 @@ class SqliteHistoryStore:
     # -- on the store's thread ----------------------------------------------------------------
 
     async def _run(self, call: Callable[[], T]) -> T:
-        if self._executor is None:
-            raise HistoryUnavailable("history store not started")
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
-        except (sqlite3.Error, OSError) as exc:
-            raise HistoryUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return await run_on(self._executor, call, HistoryUnavailable)
 
     def _append(self, channel: str, kind: str, data: bytes, retention: Retention) -> Position:
         db = self._connection()

@@ -11,11 +11,9 @@ A worker-local store would be wrong for more than one worker: each would publish
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from app.config import Settings
 from app.services.backends import Backend
-from app.services.backends.local_folder import default_directory, default_group
+from app.services.backends.local_folder import shared_folder
 from app.services.idempotency.base import (
     LEASE,
     RESULT_TTL,
@@ -53,11 +51,8 @@ def create_idempotency_store(settings: Settings, backend: Backend) -> Idempotenc
     if backend.name == "local":
         # The same folder and group rule as LocalBackend: a worker of a multi-process
         # server (or of an explicit group) shares a folder with its siblings.
-        group = settings.local_group or default_group()
-        if group is None:
-            return MemoryIdempotencyStore()
-        base = Path(settings.local_dir) if settings.local_dir else default_directory()
-        return SqliteIdempotencyStore(base / group)
+        folder = shared_folder(settings.local_dir, settings.local_group)
+        return MemoryIdempotencyStore() if folder is None else SqliteIdempotencyStore(folder)
     if backend.name == "redis":
         from app.services.idempotency.redis import RedisIdempotencyStore
 

@@ -29,7 +29,7 @@ from typing import Final, TypeVar
 
 from app.logging_setup import LOGGER_NAME
 from app.services.idempotency.base import PENDING, Claim, IdempotencyUnavailable
-from app.services.shared_sqlite import open_shared, remove_if_last
+from app.services.shared_sqlite import open_shared, remove_if_last, run_on
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -112,12 +112,7 @@ class SqliteIdempotencyStore:
     # -- on the store's thread ----------------------------------------------------------------
 
     async def _run(self, call: Callable[[], T]) -> T:
-        if self._executor is None:
-            raise IdempotencyUnavailable("idempotency store not started")
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
-        except (sqlite3.Error, OSError) as exc:
-            raise IdempotencyUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return await run_on(self._executor, call, IdempotencyUnavailable)
 
     def _connection(self) -> sqlite3.Connection:
         db = self._db
