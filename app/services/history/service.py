@@ -152,12 +152,12 @@ class HistoryService:
     ) -> tuple[Position, list[Entry]]:
         """``history``: publications after ``since`` when its epoch is current, else from the
         oldest kept; at most ``limit`` (None: all kept)."""
-        after = 0
         if since is not None:
-            position, _ = await self.store.read(channel, 0, 0, retention)
+            # One read in the usual case (the epoch is current); a second only when not.
+            position, entries = await self.store.read(channel, since[0], limit, retention)
             if since[1] == position.epoch:
-                after = since[0]
-        return await self.store.read(channel, after, limit, retention)
+                return position, entries
+        return await self.store.read(channel, 0, limit, retention)
 
     async def _read_range(self, channel: str, after: int, upto: int) -> list[Message] | None:
         retention = self.retention(channel)
