@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from app.config import Settings, build_or_exit, load_channel_rules
+from app.config import Settings, load_channel_rules
 from app.logging_setup import configure_logging
 from app.routes import api, broadcast, drain, echo, errors, metrics, pages, protocol, stats
 from app.server.application import FanoutApp
@@ -20,6 +20,7 @@ from app.server.socket import ProbeMiddleware
 from app.services.backends import create_backend
 from app.services.metrics import metrics_registry
 from app.services.node import Node
+from app.startup import build_or_exit
 
 
 def create_app(settings: Settings | None = None) -> FanoutApp:

@@ -31,11 +31,11 @@ from typing import Any
 
 import msgspec
 
-from app.config import uvicorn_supervisor
 from app.logging_setup import LOGGER_NAME
 from app.services.backends.base import CONTROL_CHANNEL
 from app.services.figures import WorkerFigures, add_up
 from app.services.message import Message
+from app.startup import uvicorn_supervisor
 
 logger = logging.getLogger(LOGGER_NAME)
 
