@@ -129,6 +129,12 @@ class Settings:
     config: str = ""
     """Path of the channel rules file (TOML, ``[[channels]]`` tables); empty: the built-in
     rule only (anyone subscribes, subscribers publish)."""
+    history_file: str = ""
+    """memory:// and local://: path of a SQLite file that keeps the history channels'
+    publications across restarts (shared by the workers of one server; never removed; its
+    folder is made 0o700 if missing). One file per server. Empty: history lives in the
+    process (or, with several workers, in the group's folder) and a restart loses it.
+    No effect with redis:// (a warning at start-up)."""
     token_hmac_secret: str = dataclasses.field(default="", repr=False)
     """Secret for HS256 tokens (connection and subscription JWTs)."""
     token_public_key: str = ""
@@ -253,6 +259,8 @@ class Settings:
             raise SettingsError("log_format", self.log_format, "expected text or json")
         self._validate_backend()
         self._validate_tokens()
+        if self.history_file and urlsplit(self.backend).scheme in ("memory", "local"):
+            _check_history_file(self.history_file)
         if self.admin_key and not _ADMIN_KEY.fullmatch(self.admin_key):
             raise SettingsError(
                 "admin_key", HIDDEN, "expected visible ASCII characters (no spaces), or empty"
@@ -347,6 +355,37 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
         )
         warnings.append(f"{name} is not a Fanout setting and is ignored; {hint}")
     return warnings
+
+
+def ignored_settings(settings: Settings) -> list[str]:
+    """One warning per setting that is valid but has no effect with the others."""
+    if settings.history_file and urlsplit(settings.backend).scheme not in ("memory", "local"):
+        return [
+            "FANOUT_HISTORY_FILE has no effect with a Redis backend (history is kept in"
+            " Redis) and is ignored"
+        ]
+    return []
+
+
+def _check_history_file(file: str) -> None:
+    """FANOUT_HISTORY_FILE must name a file (or one that can be made), not a folder.
+
+    What only opening it can tell (permissions, a file that is not a database) is left to
+    the store: its history calls answer 503 and it logs why.
+    """
+    path = Path(file)
+    try:
+        if path.is_dir():
+            raise SettingsError("history_file", file, "expected a file path, but it is a directory")
+        existing = path.parent
+        while not existing.exists():
+            existing = existing.parent
+    except OSError:  # a folder this user may not look into: the store will say why
+        return
+    if not existing.is_dir():
+        raise SettingsError(
+            "history_file", file, f"expected a file path, but {existing} is not a directory"
+        )
 
 
 def _check_local_dir(directory: str, group: str) -> None:

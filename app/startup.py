@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import NoReturn, TypeVar
 
-from app.config import Settings, SettingsError, unknown_variables
+from app.config import Settings, SettingsError, ignored_settings, unknown_variables
 
 T = TypeVar("T")
 
@@ -42,7 +42,7 @@ def build_or_exit(factory: Callable[[Settings], T], environ: Mapping[str, str] |
         built = factory(settings)
     except SettingsError as exc:  # what the factory loads from the settings (FANOUT_CONFIG)
         _exit_bad_setting(exc, env)
-    warnings = unknown_variables(env)
+    warnings = [*unknown_variables(env), *ignored_settings(settings)]
     if warnings and _first_worker("warned"):
         for warning in warnings:
             logging.getLogger("fanout").warning("%s", warning)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings, SettingsError, unknown_variables
+from tests.support.redis_server import RedisServer
 from tests.support.servers import ROOT, ServerProcess, free_port
 from tests.support.waiting import wait_for
 
@@ -68,6 +69,7 @@ BAD_SETTINGS: dict[str, tuple[str, Callable[[Path], str], str]] = {
     "local dir under a file": ("FANOUT_LOCAL_DIR", _under_a_file, "not a directory"),
     "out of range": ("FANOUT_CLOSE_TIMEOUT", lambda _: "0", "> 0"),
     "unknown backend": ("FANOUT_BACKEND", lambda _: "carrier-pigeon://", "local://"),
+    "history file is a folder": ("FANOUT_HISTORY_FILE", str, "it is a directory"),
 }
 
 
@@ -113,6 +115,22 @@ def test_an_unknown_variable_is_one_warning_with_the_closest_name(workers: int) 
         assert "did you mean FANOUT_MAX_CONNECTIONS?" in warnings[0]
     finally:
         server.stop()
+
+
+def test_a_history_file_with_redis_is_one_warning_saying_it_is_ignored(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    env = _clean_env(FANOUT_BACKEND=redis_server.url, FANOUT_HISTORY_FILE=str(tmp_path / "h"))
+    server = ServerProcess(env, ["--workers", "2"]).start()
+    try:
+        started = "Application startup complete"
+        assert wait_for(lambda: server.log().count(started) == 2), server.log()
+        warnings = [line for line in server.log().splitlines() if "FANOUT_HISTORY_FILE" in line]
+        assert len(warnings) == 1, server.log()
+        assert "WARNING" in warnings[0] and "history is kept in Redis" in warnings[0]
+    finally:
+        server.stop()
+    assert not (tmp_path / "h").exists()
 
 
 # -- the messages themselves, without a server ----------------------------------------------
@@ -175,6 +193,22 @@ def test_a_local_dir_that_cannot_be_written_is_refused(
         Settings.from_env({"FANOUT_LOCAL_DIR": str(tmp_path / "sockets")})
     assert str(caught.value).startswith(f"FANOUT_LOCAL_DIR='{tmp_path / 'sockets'}': ")
     assert "not writable" in str(caught.value)
+
+
+def test_a_history_file_must_be_a_file_path_where_it_is_used(tmp_path: Path) -> None:
+    under_a_file = _under_a_file(tmp_path)
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"FANOUT_HISTORY_FILE": under_a_file})
+    assert str(caught.value) == (
+        f"FANOUT_HISTORY_FILE={under_a_file!r}: expected a file path, but"
+        f" {tmp_path / 'a-file'} is not a directory"
+    )
+    with pytest.raises(SettingsError, match="FANOUT_HISTORY_FILE"):
+        Settings.from_env({"FANOUT_HISTORY_FILE": str(tmp_path), "FANOUT_BACKEND": "memory://"})
+    # Not created yet, folders included: made on first use.
+    Settings.from_env({"FANOUT_HISTORY_FILE": str(tmp_path / "new" / "history.sqlite3")})
+    # Unused with Redis (a warning at start-up instead), so not checked.
+    Settings.from_env({"FANOUT_HISTORY_FILE": str(tmp_path), "FANOUT_BACKEND": "redis://h:1/0"})
 
 
 def test_unknown_variables_get_the_closest_known_name_or_a_pointer() -> None:

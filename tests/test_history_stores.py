@@ -8,6 +8,7 @@ fixture), with two store objects as two workers or hosts would have.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,14 +17,14 @@ import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from app.config import Settings
+from app.config import Settings, ignored_settings
 from app.services.backends import create_backend
 from app.services.backends.local import LocalBackend
 from app.services.backends.memory import MemoryBackend
 from app.services.history.factory import create_history_store
 from app.services.history.memory import MemoryHistoryStore
 from app.services.history.redis import RedisHistoryStore, meta_key, stream_key
-from app.services.history.sqlite import SqliteHistoryStore
+from app.services.history.sqlite import FILE_NAME, SqliteHistoryStore
 from app.services.history.store import (
     KIND_BINARY,
     KIND_JSON,
@@ -55,7 +56,7 @@ class Stores:
         if self.kind == "memory":
             store = MemoryHistoryStore()
         elif self.kind == "sqlite":
-            store = SqliteHistoryStore(self.folder)
+            store = SqliteHistoryStore(self.folder / FILE_NAME)
         else:
             assert self.redis is not None
             store = RedisHistoryStore(self.redis.url)
@@ -282,7 +283,7 @@ async def test_sqlite_file_is_made_on_first_use_and_removed_by_the_last_worker(
     tmp_path: Path,
 ) -> None:
     folder = tmp_path / "sup-1"
-    first, second = SqliteHistoryStore(folder), SqliteHistoryStore(folder)
+    first, second = SqliteHistoryStore(folder / FILE_NAME), SqliteHistoryStore(folder / FILE_NAME)
     for store in (first, second):
         await store.start()
     assert not folder.exists()
@@ -301,7 +302,8 @@ async def test_sqlite_worker_whose_file_was_removed_opens_a_new_one_with_a_new_e
     tmp_path: Path,
 ) -> None:
     folder = tmp_path / "sup-1"
-    leaving, staying = SqliteHistoryStore(folder), SqliteHistoryStore(folder)
+    leaving = SqliteHistoryStore(folder / FILE_NAME)
+    staying = SqliteHistoryStore(folder / FILE_NAME)
     for store in (leaving, staying):
         await store.start()
     old = await staying.append("a", KIND_TEXT, b"x", KEEP)
@@ -316,7 +318,48 @@ async def test_sqlite_worker_whose_file_was_removed_opens_a_new_one_with_a_new_e
 
 async def test_sqlite_store_not_started_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(HistoryUnavailable):
-        await SqliteHistoryStore(tmp_path).append("a", KIND_TEXT, b"x", KEEP)
+        await SqliteHistoryStore(tmp_path / FILE_NAME).append("a", KIND_TEXT, b"x", KEEP)
+
+
+async def test_a_kept_sqlite_file_outlives_its_stores_and_the_next_one_continues_the_epoch(
+    tmp_path: Path,
+) -> None:
+    # FANOUT_HISTORY_FILE: a server stopped (or killed) and started again on the same file.
+    path = tmp_path / "state" / "fanout" / "history.sqlite3"
+    first = SqliteHistoryStore(path, keep=True)
+    await first.start()
+    before = [await first.append("a", KIND_TEXT, b"m%d" % i, KEEP) for i in (1, 2, 3)]
+    await first.stop()  # no sibling socket anywhere: a group file would be removed here
+    assert path.exists()
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    again = SqliteHistoryStore(path, keep=True)
+    await again.start()
+    position, entries = await again.read("a", 1, None, KEEP)
+    assert position == before[-1]
+    assert [(e.offset, e.data) for e in entries] == [(2, b"m2"), (3, b"m3")]
+    appended = await again.append("a", KIND_TEXT, b"m4", KEEP)
+    assert (appended.offset, appended.epoch) == (4, before[0].epoch)
+    assert again.status()["kept"] is True
+    await again.stop()
+    assert path.exists()
+
+
+async def test_a_history_file_that_cannot_be_opened_is_unavailable_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The app's logging setup (another test may have run it) stops "fanout" propagating.
+    monkeypatch.setattr(logging.getLogger("fanout"), "propagate", True)
+    path = tmp_path / "notes.txt"
+    path.write_text("not a database, and not to be overwritten\n" * 100)
+    store = SqliteHistoryStore(path, keep=True)
+    await store.start()
+    for _ in range(3):
+        with pytest.raises(HistoryUnavailable, match="not a database"):
+            await store.append("a", KIND_TEXT, b"x", KEEP)
+    await store.stop()
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == [f"history file {path} cannot be opened: file is not a database"]
+    assert path.read_text().startswith("not a database")
 
 
 # -- Redis ----------------------------------------------------------------------------------
@@ -429,3 +472,23 @@ def test_store_follows_the_backend_like_the_backend_follows_the_url(tmp_path: Pa
     assert store.path == tmp_path / "g" / "history.sqlite3"
     redis = Settings(backend="redis://127.0.0.1:1/0")
     assert isinstance(create_history_store(redis, create_backend(redis)), RedisHistoryStore)
+
+
+def test_a_history_file_takes_the_place_of_the_memory_and_group_stores(tmp_path: Path) -> None:
+    file = str(tmp_path / "kept.sqlite3")
+    for settings, backend in [
+        (Settings(backend="memory://", history_file=file), MemoryBackend()),
+        (Settings(backend="local://", local_dir=str(tmp_path), history_file=file), None),
+        (Settings(local_dir=str(tmp_path), local_group="g", history_file=file), None),
+    ]:
+        store = create_history_store(settings, backend or LocalBackend())
+        assert isinstance(store, SqliteHistoryStore)
+        assert (store.path, store.keep) == (Path(file), True)
+    # Redis keeps history itself: the file is ignored (and a warning says so at start-up).
+    redis = Settings(backend="redis://127.0.0.1:1/0", history_file=file)
+    assert isinstance(create_history_store(redis, create_backend(redis)), RedisHistoryStore)
+    assert ignored_settings(redis) == [
+        "FANOUT_HISTORY_FILE has no effect with a Redis backend (history is kept in Redis)"
+        " and is ignored"
+    ]
+    assert ignored_settings(Settings(backend="local://", history_file=file)) == []

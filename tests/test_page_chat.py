@@ -1,6 +1,7 @@
 """The demo page's chat, built on the JavaScript SDK, in headless Chromium.
 
-Two people chat; a page reloaded while messages flow keeps working; the presence list.
+Two people chat; a page reloaded while messages flow keeps working; the presence list; a
+page whose server is killed and restarted (on its history file) recovers what it missed.
 The server runs with channel rules that ask for history and presence on ``chat.*``: the
 parts that need them skip, naming why, only while the server answers 404 "not available"
 for ``history``/``presence``, so they run as soon as those features land. Screenshots land
@@ -11,15 +12,19 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 from websockets import Subprotocol
 
 from tests.support.browser import chromium
-from tests.support.servers import OUTPUT, ServerProcess
+from tests.support.servers import OUTPUT, ROOT, PortTaken, ServerProcess
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Locator, Page
@@ -262,3 +267,86 @@ def test_the_presence_list_follows_who_is_here(
     finally:
         ada.close()
         bob.close()
+
+
+API_KEY = "page-chat-key"
+
+
+def _restart_on_same_port(server: ServerProcess) -> None:
+    for _ in range(50):
+        try:
+            server._start(20.0)  # the same port: the page finds the server where it was
+            return
+        except PortTaken:  # the killed server's socket may linger for a moment
+            time.sleep(0.1)
+    raise AssertionError("could not restart on the same port")
+
+
+def test_a_page_recovers_what_was_published_while_its_server_was_killed_and_restarted(
+    browser: Browser, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    # The demo's own rules, and a history file of this test's own, as the README runs it.
+    env = {
+        "FANOUT_CONFIG": str(ROOT / "examples" / "chat.toml"),
+        "FANOUT_HISTORY_FILE": str(tmp_path / "history.sqlite3"),
+        "FANOUT_API_KEYS": API_KEY,
+    }
+    server = ServerProcess(env).start()
+    channel = _channel()
+    ada = Person(browser, server.base)
+    try:
+        # The page's timers run on a clock the test may move forward (installed before
+        # the page loads); it flows as usual until then.
+        ada.page.clock.install()
+        ada.join("Ada", channel)
+        ada.say("before the crash")
+        expect(ada.said("before the crash", "mine")).to_have_count(1)
+        ada.page.evaluate("() => { window.sameDocument = true; }")
+
+        server.stop(signal.SIGKILL)  # by PID: a crash
+        status = ada.page.locator("#chat-status")
+        expect(status).to_have_attribute("data-state", "reconnecting")
+        # Published while the page cannot reach its server: by another server on the same
+        # history file (on its own port), stopped before the page's server comes back.
+        meanwhile = ServerProcess(env).start()
+        try:
+            for i in (1, 2, 3):
+                httpx.post(
+                    f"{meanwhile.base}/api/publish",
+                    headers={"X-API-Key": API_KEY},
+                    json={"channel": channel, "data": {"name": "Bob", "text": f"missed {i}."}},
+                    timeout=10,
+                ).raise_for_status()
+        finally:
+            meanwhile.stop()
+        _restart_on_same_port(server)
+        # The page's next attempt may be up to FANOUT's maxReconnectDelay (20 s) away: move
+        # its clock past it, as a laptop opened after a while would.
+        ada.page.clock.fast_forward(20_000)
+        expect(status).to_have_attribute("data-state", "open")
+
+        for i in (1, 2, 3):
+            expect(ada.said(f"missed {i}.")).to_have_count(1)
+        recovered = ada.page.locator("#chat-log li", has_text="3 missed messages recovered")
+        expect(recovered).to_have_count(1)
+        said = ada.page.locator('#chat-log li:not([data-kind="system"]) .chat-text')
+        assert said.all_text_contents() == [
+            "before the crash",
+            "missed 1.",
+            "missed 2.",
+            "missed 3.",
+        ]
+        assert ada.page.evaluate("() => window.sameDocument") is True  # not reloaded
+        ada.say("after the restart")
+        expect(ada.said("after the restart", "mine")).to_have_count(1)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        ada.page.screenshot(path=str(SHOTS / "chat_restart.png"), full_page=True)
+        # Chromium reports each refused attempt (the socket's, the stats card's) as a
+        # console error; nothing else may fail.
+        refused = "net::ERR_CONNECTION_REFUSED"
+        assert [e for e in ada.errors if refused not in e] == [], ada.errors
+    finally:
+        ada.close()
+        server.stop()

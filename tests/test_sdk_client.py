@@ -1,10 +1,13 @@
 """fanout_sdk.client against real servers (uvicorn subprocesses): publish and ack, error
 codes, reconnect across a restart, no reconnect on 4500, token refresh, and recovery
-from history once the server has it."""
+from history: after a dropped connection, and across a killed and restarted ``--workers 2``
+server on its history file (FANOUT_HISTORY_FILE)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -13,12 +16,16 @@ from pathlib import Path
 import pytest
 
 from fanout_sdk import (
+    AsyncFanoutApi,
     Client,
     ClientClosed,
     CommandError,
     FanoutApi,
+    Gap,
     State,
     StateChange,
+    Subscribed,
+    SubscriptionEvent,
     connection_token,
 )
 from tests.support.servers import PortTaken, ServerProcess, StartServer
@@ -222,3 +229,80 @@ async def test_a_dropped_connection_recovers_what_was_published_meanwhile_from_h
         with pytest.raises(TimeoutError):
             await sub.get(within=0.5)
     api.close()
+
+
+def _children(pid: int) -> list[int]:
+    """Pids of the processes whose parent is ``pid`` (a uvicorn supervisor's workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                # "pid (comm) state ppid ...": comm may hold spaces, so split after it.
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _kill(server: ServerProcess) -> None:
+    """SIGKILL the supervisor and each of its workers, by PID: a worker outlives its
+    supervisor's death, and would keep serving the port."""
+    assert server.proc is not None
+    workers = _children(server.proc.pid)
+    assert len(workers) >= 2, workers
+    server.stop(signal.SIGKILL)
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def test_two_workers_killed_and_restarted_on_their_history_file_lose_nothing(
+    tmp_path: Path, local_dir: Path
+) -> None:
+    rules = tmp_path / "fanout.toml"
+    rules.write_text(HISTORY_RULES)
+    env = {
+        "FANOUT_API_KEYS": API_KEY,
+        "FANOUT_CONFIG": str(rules),
+        "FANOUT_HISTORY_FILE": str(tmp_path / "history.sqlite3"),
+        "FANOUT_LOCAL_DIR": str(local_dir),
+    }
+    server = ServerProcess(env, ["--workers", "2"]).start()
+    events: list[SubscriptionEvent] = []
+    try:
+        async with Client(server.ws("/ws"), min_delay=0.1, max_delay=0.5) as client:
+            sub = await client.subscribe("hist.restart", on_event=events.append)
+            async with AsyncFanoutApi(server.base, API_KEY) as api:
+                epoch = (await api.publish("hist.restart", 1)).epoch
+                await api.publish("hist.restart", 2)
+            got = [await sub.get(within=5) for _ in range(2)]
+
+            await asyncio.to_thread(_kill, server)
+            assert await eventually(lambda: client.state is not State.CONNECTED, within=10)
+            # Published while the client cannot reach its server: by another server on
+            # the same history file (one process, its own port), stopped before the
+            # client's server comes back.
+            meanwhile = await asyncio.to_thread(ServerProcess(env).start)
+            try:
+                async with AsyncFanoutApi(meanwhile.base, API_KEY) as api:
+                    missed = [await api.publish("hist.restart", n) for n in (3, 4)]
+            finally:
+                await asyncio.to_thread(meanwhile.stop)
+            assert [(r.offset, r.epoch) for r in missed] == [(3, epoch), (4, epoch)]
+            await asyncio.to_thread(_restart_on_same_port, server)
+
+            got += [await sub.get(within=15) for _ in range(2)]
+            async with AsyncFanoutApi(server.base, API_KEY) as api:
+                await api.publish("hist.restart", 5)
+            got.append(await sub.get(within=5))
+            with pytest.raises(TimeoutError):  # no duplicate follows
+                await sub.get(within=0.5)
+    finally:
+        server.stop()
+    assert [(p.offset, p.data) for p in got] == [(n, n) for n in range(1, 6)]
+    again = [e for e in events if isinstance(e, Subscribed) and e.resubscribed]
+    assert len(again) == 1 and again[0].recovered is True
+    assert again[0].position is not None and again[0].position.epoch == epoch
+    assert not [e for e in events if isinstance(e, Gap)]

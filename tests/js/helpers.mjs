@@ -109,6 +109,15 @@ export class Server {
     }, "the server's /healthz", 20000);
     return this;
   }
+  /** SIGKILL by PID and wait for the exit: a crash, nothing closed or flushed by the server. */
+  async kill() {
+    const proc = this.proc;
+    this.proc = null;
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
+    const done = new Promise((ok) => proc.once("exit", ok));
+    process.kill(proc.pid, "SIGKILL");
+    await done;
+  }
   /** SIGTERM by PID and wait for the exit (Fanout closes its sockets with 1012). */
   async stop() {
     const proc = this.proc;
@@ -120,6 +129,11 @@ export class Server {
     await done;
     clearTimeout(timer);
   }
+}
+
+/** A fresh temporary folder of the test's own (a history file, say); remove it with rmSync. */
+export function tempDir() {
+  return mkdtempSync(join(tmpdir(), "fanout-sdk-"));
 }
 
 /** A rules file in a fresh temporary folder. */

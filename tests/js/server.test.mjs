@@ -2,9 +2,11 @@
 // restarts. History and presence tests skip, naming why, only while the server answers
 // 404 "not available" for those ops; they run once the features land.
 import assert from "node:assert/strict";
+import { rmSync } from "node:fs";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { Fanout, FanoutError } from "../../static/sdk/fanout.js";
-import { Server, WebSocket, next, nextWhere, proxy, rulesFile, sign, sleep, unavailable, until } from "./helpers.mjs";
+import { Server, WebSocket, next, nextWhere, proxy, rulesFile, sign, sleep, tempDir, unavailable, until } from "./helpers.mjs";
 
 const FAST = { websocket: WebSocket, minReconnectDelay: 50, maxReconnectDelay: 400 };
 const clients = [];
@@ -188,5 +190,94 @@ test("reconnects across a server restart and resubscribes every channel", async 
   } finally {
     for (const c of clients) c.disconnect();
     await server.stop();
+  }
+});
+
+// FANOUT_HISTORY_FILE: history kept in a file the server never removes, so a server killed
+// (SIGKILL: nothing flushed or closed by it) and started again on the same file continues
+// each channel's epoch and offsets. Each test has a file of its own.
+async function historyServer() {
+  const dir = tempDir();
+  const server = new Server({ FANOUT_CONFIG: rulesFile(), FANOUT_HISTORY_FILE: join(dir, "history.sqlite3") });
+  await server.start();
+  return [server, dir];
+}
+
+/** A fresh client that subscribes to `channel` and publishes `values` there; the acks. */
+async function publishAll(url, channel, values) {
+  const writer = await connected(url);
+  await subscribed(writer, channel);
+  const acks = [];
+  for (const n of values) acks.push(await writer.publish(channel, n));
+  writer.disconnect();
+  return acks;
+}
+
+test("history file: a client away while the server is killed and restarted recovers what was published meanwhile, once each", async () => {
+  const [server, dir] = await historyServer();
+  try {
+    const reader = await connected(server.url);
+    const [sub, first] = await subscribed(reader, "hist.restart");
+    const got = [];
+    sub.on("publication", (p) => got.push([p.offset, p.data]));
+    const before = await publishAll(server.url, "hist.restart", [1, 2, 3]);
+    assert.deepEqual(before.map((a) => a.epoch), [first.epoch, first.epoch, first.epoch]);
+    await until(() => got.length === 3, "the first three publications");
+
+    reader.disconnect(); // away: it keeps its position (offset 3, the epoch)
+    await server.kill();
+    await server.start(); // the same port and history file
+    const meanwhile = await publishAll(server.url, "hist.restart", [4, 5, 6]);
+    // The restarted server went on numbering in the same epoch.
+    assert.deepEqual(meanwhile.map((a) => [a.offset, a.epoch]), [4, 5, 6].map((o) => [o, first.epoch]));
+
+    const back = next(sub, "subscribed");
+    reader.connect();
+    const ctx = await back;
+    assert.equal(ctx.recovered, true);
+    assert.equal(ctx.epoch, first.epoch);
+    await until(() => got.length >= 6, "the three missed publications");
+    await publishAll(server.url, "hist.restart", [7]);
+    await until(() => got.length >= 7, "the publication after the recovery");
+    await sleep(200); // time for a duplicate to show up
+    assert.deepEqual(got, [1, 2, 3, 4, 5, 6, 7].map((n) => [n, n]));
+  } finally {
+    for (const c of clients) c.disconnect();
+    await server.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("history file: a client that stays on reconnects by itself after a SIGKILL and a restart, recovered in the same epoch", async () => {
+  const [server, dir] = await historyServer();
+  try {
+    const reader = await connected(server.url);
+    const [sub, first] = await subscribed(reader, "hist.restart");
+    const got = [];
+    sub.on("publication", (p) => got.push([p.offset, p.data]));
+    await publishAll(server.url, "hist.restart", [1, 2]);
+    await until(() => got.length === 2, "the first two publications");
+    const drops = [];
+    reader.on("disconnected", (ctx) => drops.push(ctx));
+    const back = next(sub, "subscribed", 20000);
+
+    await server.kill();
+    await until(() => drops.length >= 1, "the dropped connection");
+    await server.start(); // the client's attempts fail until now; it keeps trying
+    const ctx = await back;
+    assert.equal(ctx.recovered, true);
+    assert.equal(ctx.epoch, first.epoch);
+    assert.equal(ctx.offset, 2);
+    assert.equal(drops[0].willReconnect, true);
+    assert.equal(reader.state, "connected");
+
+    await publishAll(server.url, "hist.restart", [3]);
+    await until(() => got.length >= 3, "the publication after the restart");
+    await sleep(200);
+    assert.deepEqual(got, [[1, 1], [2, 2], [3, 3]]);
+  } finally {
+    for (const c of clients) c.disconnect();
+    await server.stop();
+    rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -1,5 +1,5 @@
-"""local:// with several workers: the workers of one host share their history in one
-SQLite file.
+"""History in one SQLite file, shared by the processes that open it: the workers of one
+host (local:// with several workers), and with FANOUT_HISTORY_FILE every run of a server.
 
 Why SQLite: an offset must be assigned once across processes that have no coordinator
 (the workers of a group find each other by scanning a folder), must survive the death of
@@ -16,13 +16,22 @@ memory store's: a publication expires ``ttl`` seconds after its own append, and 
 with no append for ``ttl`` seconds is forgotten, epoch too (a new epoch, from offset 1).
 Every minute a worker deletes the channels whose ``expires`` has passed.
 
-The file is ``history.sqlite3`` in the local backend's group folder, created by the first
-append or read (a server without history channels never creates it), and removed with the
-folder by the last worker to stop (as the idempotency store's file): history lives as long
-as one worker of the group does, and a server restarted as a whole starts new epochs, as
-with the memory store. A worker that finds the file gone or replaced (a sibling that took
-itself for the last one while this worker was starting) opens the new file: its channels
-get new epochs there, so no client recovers across the two files.
+Two lifetimes, one store (``keep``):
+
+- the group file (``keep=False``): ``history.sqlite3`` in the local backend's group folder,
+  removed with the folder by the last worker to stop (as the idempotency store's file):
+  history lives as long as one worker of the group does, and a server restarted as a whole
+  starts new epochs, as with the memory store. A worker that finds the file gone or
+  replaced (a sibling that took itself for the last one while this worker was starting)
+  opens the new file: its channels get new epochs there, so no client recovers across the
+  two files.
+- FANOUT_HISTORY_FILE (``keep=True``): the file is never removed, so a server stopped or
+  killed and started again continues each channel's epoch and offsets, and its clients
+  recover what was published while it was down. Its folder is made (0o700) if missing.
+
+Either file is created by the first append or read (a server without history channels never
+creates it). A file that cannot be opened (no permission, not a database) makes each call
+fail as unavailable (503), with one warning in the log until it opens again.
 
 Every SQLite call runs on this store's own single thread: a connection stays on the thread
 that made it, calls need no lock, and the event loop never waits on a file lock (busy
@@ -33,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sqlite3
 import time
@@ -41,6 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, TypeVar
 
+from app.logging_setup import LOGGER_NAME
 from app.services.history.memory import new_epoch
 from app.services.history.store import Entry, HistoryUnavailable, Position, Retention
 from app.services.shared_sqlite import open_shared, remove_if_last, run_on
@@ -100,6 +111,8 @@ _SWEEP_META: Final = "DELETE FROM meta WHERE expires <= ?1"
 
 T = TypeVar("T")
 
+logger = logging.getLogger(LOGGER_NAME)
+
 
 class SqliteHistoryStore:
     """History shared by every process that opens the same file; see the module
@@ -107,9 +120,14 @@ class SqliteHistoryStore:
 
     name = "sqlite"
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.path = folder / FILE_NAME
+    def __init__(self, path: Path, *, keep: bool = False) -> None:
+        """``path``: the file; ``keep``: never remove it (FANOUT_HISTORY_FILE), else the last
+        worker of the group removes it and its folder on stop."""
+        self.path = path
+        self.folder = path.parent
+        self.keep = keep
+        self._failing = False
+        """Opening the file failed, and was logged; logged again only after it opened."""
         self._db: sqlite3.Connection | None = None
         self._identity: tuple[int, int] | None = None
         """(device, inode) of the file ``_db`` has open."""
@@ -123,7 +141,8 @@ class SqliteHistoryStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fanout-history")
 
     async def stop(self) -> None:
-        """Close the file; the last worker of the group removes it (and the empty folder)."""
+        """Close the file; unless kept, the last worker of the group removes it (and the
+        empty folder)."""
         executor = self._executor
         if executor is None:
             return
@@ -143,7 +162,12 @@ class SqliteHistoryStore:
 
     def status(self) -> dict[str, object]:
         """Name and file."""
-        return {"name": self.name, "path": str(self.path), "open": self._db is not None}
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "kept": self.keep,
+            "open": self._db is not None,
+        }
 
     # -- on the store's thread ----------------------------------------------------------------
 
@@ -251,16 +275,28 @@ class SqliteHistoryStore:
                 return db
             self.reopened += 1
             self._close_connection()
+        try:
+            db, info = self._open()
+        except (sqlite3.Error, OSError) as exc:
+            if not self._failing:
+                self._failing = True
+                logger.warning("history file %s cannot be opened: %s", self.path, exc)
+            raise
+        if self._failing:
+            self._failing = False
+            logger.info("history file %s opened", self.path)
+        self._db, self._identity = db, (info.st_dev, info.st_ino)
+        return db
+
+    def _open(self) -> tuple[sqlite3.Connection, os.stat_result]:
         # 0o700 like the backend: only this user's processes share the history.
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         db = open_shared(self.path, BUSY_TIMEOUT, _SCHEMA)
         try:
-            info = os.stat(self.path)
+            return db, os.stat(self.path)
         except OSError:
             db.close()
             raise
-        self._db, self._identity = db, (info.st_dev, info.st_ino)
-        return db
 
     def _close_connection(self) -> None:
         if self._db is not None:
@@ -270,7 +306,8 @@ class SqliteHistoryStore:
 
     def _close(self) -> None:
         self._close_connection()
-        self._remove_if_last()
+        if not self.keep:
+            self._remove_if_last()
 
     def _remove_if_last(self) -> None:
         remove_if_last(self.path, self.folder)
