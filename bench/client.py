@@ -128,13 +128,17 @@ class WsConn(asyncio.Protocol):
                 rx = self.rx_ns
                 app = self.worker.latencies_app
                 rec = self.worker.latencies
+                keys = self.worker.latency_keys
                 unpack = wsp.PAYLOAD_HEADER.unpack_from
                 for p in prefixes:
                     if len(p) >= wsp.PAYLOAD_MIN:
-                        t = unpack(p)[0]
+                        t, pub, seq = unpack(p)
                         app.append(now - t)
                         if rx:
                             rec.append(rx - t)
+                            # Which message: the coordinator groups samples by it to time
+                            # each message's first receivers (`stats.first_share`).
+                            keys.append((pub << 32) | seq)
         elif n and self.publisher is not None:
             self.publisher.on_messages([])
         if parser.pings:
@@ -368,6 +372,8 @@ class Worker:
         self.recording = False
         self.latencies: list[int] = []
         self.latencies_app: list[int] = []
+        self.latency_keys: list[int] = []
+        """The message of each ``latencies`` sample (publisher id << 32 | sequence)."""
         self.done: asyncio.Future[None] | None = None
         self._src_i = worker_id
         self.fd_limit = raise_fd_limit()
@@ -620,6 +626,7 @@ class Worker:
         wall0 = time.monotonic()
         self.latencies = []
         self.latencies_app = []
+        self.latency_keys = []
         self.recording = bool(cmd.get("latency", False))
         await _sleep_until(t1)
         self.recording = False
@@ -634,8 +641,8 @@ class Worker:
                 continue
             per.append(c.parser.frames - b)
             closed += c.closed
-        lat, lat_app = self.latencies, self.latencies_app
-        self.latencies, self.latencies_app = [], []
+        lat, lat_app, keys = self.latencies, self.latencies_app, self.latency_keys
+        self.latencies, self.latencies_app, self.latency_keys = [], [], []
         fast_roles = [c for c in self.conns if c.role != "slow"]
         return {
             "frames": sum(per),
@@ -649,6 +656,7 @@ class Worker:
             "sent": sum(p.sent for p in self.publishers) - sent0,
             "latencies": lat,
             "latencies_app": lat_app,
+            "latency_keys": keys,
             "cpu_s": cpu1 - cpu0,
             "wall_s": wall1 - wall0,
         }
