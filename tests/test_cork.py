@@ -31,7 +31,7 @@ def offer_all(cork: Cork, socks: list[Sock]) -> None:
 
 
 async def test_a_calm_turn_writes_the_first_subscribers_before_the_fan_out_ends() -> None:
-    cork, flushed = Cork(WriteLatency()), []
+    cork, flushed = Cork(WriteLatency()), list[int]()
     socks = [Sock(n, flushed) for n in range(100)]
     seen_mid_fan_out: list[int] = []
     cork.begin()
@@ -47,7 +47,7 @@ async def test_a_calm_turn_writes_the_first_subscribers_before_the_fan_out_ends(
 
 
 async def test_a_second_message_in_the_same_turn_waits_for_the_end_of_the_turn() -> None:
-    cork, flushed = Cork(WriteLatency()), []
+    cork, flushed = Cork(WriteLatency()), list[int]()
     socks = [Sock(n, flushed) for n in range(100)]
     offer_all(cork, socks)
     early = len(flushed)
@@ -68,7 +68,7 @@ async def test_a_second_message_in_the_same_turn_waits_for_the_end_of_the_turn()
 
 
 async def test_offers_outside_a_fan_out_wait_for_the_end_of_the_turn() -> None:
-    cork, flushed = Cork(WriteLatency()), []
+    cork, flushed = Cork(WriteLatency()), list[int]()
     for n in range(3 * CORK_EAGER_BATCH):
         cork.add(Sock(n, flushed))  # type: ignore[arg-type]
     assert flushed == []
