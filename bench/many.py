@@ -137,6 +137,11 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def _clients_cpu(fleet: Fleet) -> float:
+    """CPU seconds of the client processes so far."""
+    return sum(servers.cpu_seconds(p.pid) for p in fleet.procs if p.pid is not None)
+
+
 def publish_once(port: int, data: bytes, timeout: float = 10.0) -> tuple[int, str]:
     """``POST /api/publish`` one message to :data:`CHANNEL`; the status and the body."""
     conn = http.client.HTTPConnection(servers.HOST, port, timeout=timeout)
@@ -178,11 +183,14 @@ def run(
                 stopped = f"time limit ({cfg.time_limit:g} s) before {goal} connections"
                 break
             want = goal - have
+            cpu0 = servers.cpu_seconds(server_root), _clients_cpu(fleet)
             conn = fleet.connect_subs(
                 want, concurrency=cfg.concurrency, path=PATH, timeout=15.0, sources=addrs
             )
             have += conn["ok"]
             rate = round(conn["ok"] / conn["elapsed"], 1) if conn["elapsed"] else None
+            wall = max(conn["elapsed"], 1e-3)
+            cpu = servers.cpu_seconds(server_root) - cpu0[0], _clients_cpu(fleet) - cpu0[1]
             procs_now = server_processes(server_root)
             step = {
                 "connections": have,
@@ -196,6 +204,10 @@ def run(
                 "workers_rss_kb": sum(p.rss_kb for p in procs_now[1:]),
                 "server_rss_kb": sum(p.rss_kb for p in procs_now),
                 "worker_fds": [p.fds for p in procs_now[1:]],
+                # Cores busy during the step (2 here): who was short of CPU, if anyone.
+                "server_cpu_util": round(cpu[0] / wall, 2),
+                "clients_cpu_util": round(cpu[1] / wall, 2),
+                "loadavg_1m": os.getloadavg()[0],
             }
             steps.append(step)
             if on_step is not None:
@@ -286,7 +298,8 @@ def summary(r: Result) -> str:
         lines.append(
             f"  {s['connections']:>7,}: {s['connects_per_s'] or 0:>7,.0f} connects/s, workers "
             f"RSS {s['workers_rss_kb'] / 1024:,.0f} MiB, fds per worker {s['worker_fds']}, "
-            f"failed {s['failed']} {s['errors'] or ''}"
+            f"failed {s['failed']} {s['errors'] or ''}; CPU server {s['server_cpu_util']} "
+            f"clients {s['clients_cpu_util']}, load {s['loadavg_1m']:.1f}"
         )
     p, b = r["ping"], r["broadcast"]
     lines.append(f"  ping: {p['answered']:,}/{p['open']:,} answered in {p['seconds']} s")
@@ -299,6 +312,24 @@ def summary(r: Result) -> str:
     if r["stopped"]:
         lines.append(f"  stopped: {r['stopped']}")
     return "\n".join(lines)
+
+
+def raise_hard_limit(nofile: int) -> None:
+    """Raise this process's open-file limit to ``nofile`` (soft and hard) before anything
+    starts, or exit saying why: raising the hard limit needs CAP_SYS_RESOURCE, which root
+    in a container may not have (``prlimit`` would fail the same way for the server)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if nofile <= hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+    except (ValueError, OSError) as exc:
+        raise SystemExit(
+            f"cannot raise the open-file limit from {soft}/{hard} to {nofile} here ({exc}):"
+            f" raising a hard limit needs CAP_SYS_RESOURCE. Run without --nofile and with"
+            f" enough --workers for {hard} descriptors each, or raise it where the server"
+            f" starts (docs/operations.md)."
+        ) from None
 
 
 def add_parser(sub: Any) -> None:
@@ -329,6 +360,8 @@ def main(args: argparse.Namespace) -> None:
         time_limit=args.time_limit,
         check_timeout=args.check_timeout,
     )
+    if cfg.nofile is not None:
+        raise_hard_limit(cfg.nofile)
     spec = server_spec(cfg)
     with servers.running(spec) as srv:
 
