@@ -196,6 +196,29 @@ class WsConn(asyncio.Protocol):
 
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+
+def bound_socket(source: str) -> socket.socket:
+    """A non-blocking TCP socket bound to ``source`` whose port is chosen at connect.
+
+    ``bind((ip, 0))`` makes the kernel pick a port free for every destination; with tens
+    of thousands of sockets per source address that search took most of the client
+    processes' CPU (kernel time) and cut connects/s from ~2,000 to ~300 past 50,000
+    connections. IP_BIND_ADDRESS_NO_PORT defers the choice to ``connect``, which only needs
+    the 4-tuple to be unique (Linux >= 4.2)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((source, 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 _TS = struct.Struct("@qq")
 
 
@@ -377,6 +400,8 @@ class Worker:
         self.done: asyncio.Future[None] | None = None
         self._src_i = worker_id
         self.fd_limit = raise_fd_limit()
+        self.bind_no_port = False
+        """Bind source addresses with IP_BIND_ADDRESS_NO_PORT (see ``bound_socket``)."""
 
     # connection management ---------------------------------------------------
     async def open_one(
@@ -404,7 +429,16 @@ class Worker:
             return c
 
         async def go() -> WsConn:
-            await loop.create_connection(factory, self.host, self.port, local_addr=local)
+            if local is not None and self.bind_no_port:
+                sock = bound_socket(local[0])
+                try:
+                    await loop.sock_connect(sock, (self.host, self.port))
+                except BaseException:
+                    sock.close()
+                    raise
+                await loop.create_connection(factory, sock=sock)
+            else:
+                await loop.create_connection(factory, self.host, self.port, local_addr=local)
             await holder[0].ready
             return holder[0]
 
@@ -463,6 +497,7 @@ class Worker:
         channel = str(cmd.get("channel", "news"))
         full_reply = bool(cmd.get("full_reply", False))
         opener = self.open_one_ts if cmd.get("kernel_ts") else self.open_one
+        self.bind_no_port = bool(cmd.get("bind_no_port", False))
         # `?token=`: every URL signed here, before the clock starts (see `sign_tokens`).
         paths = [path] * n
         token = cmd.get("token")

@@ -63,6 +63,9 @@ class ManyConfig:
     """Seconds for the whole run, ramp and checks included."""
     check_timeout: float = 60.0
     """Seconds to wait for every pong, and again for every broadcast."""
+    bind_no_port: bool = True
+    """Clients bind their source address with IP_BIND_ADDRESS_NO_PORT
+    (``bench.client.bound_socket``); False: plain ``bind((ip, 0))``, to compare."""
 
     def plan(self) -> list[int]:
         """The cumulative counts to stop at, ascending, ending at ``connections``."""
@@ -185,7 +188,12 @@ def run(
             want = goal - have
             cpu0 = servers.cpu_seconds(server_root), _clients_cpu(fleet)
             conn = fleet.connect_subs(
-                want, concurrency=cfg.concurrency, path=PATH, timeout=15.0, sources=addrs
+                want,
+                concurrency=cfg.concurrency,
+                path=PATH,
+                timeout=15.0,
+                sources=addrs,
+                bind_no_port=cfg.bind_no_port,
             )
             have += conn["ok"]
             rate = round(conn["ok"] / conn["elapsed"], 1) if conn["elapsed"] else None
@@ -249,6 +257,7 @@ def run(
         "server": target.name,
         "params": {**asdict(cfg), "client_procs": procs, "sources": addrs},
         "limits": limits_seen(server_root),
+        "workers_rss_kb_before_ramp": sum(p.rss_kb for p in base[1:]),
         "steps": steps,
         "stopped": stopped,
         "opened": have,
@@ -346,6 +355,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--concurrency", type=int, default=200, help="handshakes in flight per process")
     p.add_argument("--time-limit", type=float, default=900.0)
     p.add_argument("--check-timeout", type=float, default=60.0)
+    p.add_argument(
+        "--plain-bind",
+        action="store_true",
+        help="clients bind((ip, 0)) without IP_BIND_ADDRESS_NO_PORT (slow past ~50k)",
+    )
     p.add_argument("--save", action="store_true", help="write bench/results/extra-many-*.json")
 
 
@@ -359,6 +373,7 @@ def main(args: argparse.Namespace) -> None:
         concurrency=args.concurrency,
         time_limit=args.time_limit,
         check_timeout=args.check_timeout,
+        bind_no_port=not args.plain_bind,
     )
     if cfg.nofile is not None:
         raise_hard_limit(cfg.nofile)
