@@ -154,6 +154,9 @@ def publish_once(port: int, data: bytes, timeout: float = 10.0) -> tuple[int, st
         conn.request("POST", "/api/publish", body, headers)
         resp = conn.getresponse()
         return resp.status, resp.read().decode(errors="replace")[:200]
+    except (OSError, http.client.HTTPException) as exc:
+        # A worker at its open-file limit cannot accept the request: say so, go on.
+        return 0, f"{type(exc).__name__}: {exc}"
     finally:
         conn.close()
 
