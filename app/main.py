@@ -20,6 +20,7 @@ from app.server.socket import ProbeMiddleware
 from app.services.backends import create_backend
 from app.services.metrics import metrics_registry
 from app.services.node import Node
+from app.services.open_files import raise_open_file_limit
 from app.startup import build_or_exit
 
 
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FanoutApp:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, HandshakeDeadline]]:
+        raise_open_file_limit(settings.max_connections)  # in each worker process
         node = Node(settings, create_backend(settings), rules)
         await node.start()
         app.state.node = node

@@ -18,6 +18,7 @@ Examples:
   python -m bench fanout --server fanout-hist --protocol v1 --channel hist.bench  # history
   python -m bench recovery --server fanout-hist --clients 1000 --behind 100
   python -m bench maxconn --target 40000 --server fanout-wN --workers 3
+  python -m bench many --connections 100000 --workers 4 --nofile 65536   # ping, broadcast
   python -m bench churn --subscribers 1000 --churners 50
   python -m bench slow --subscribers 1000 --slow-share 0.1
   python -m bench fanout --port 8000            # an already running server (no RSS/CPU)
@@ -238,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="before each run, wait up to this many seconds for an idle machine (0: never)",
     )
 
+    from bench import many
+
+    many.add_parser(sub)
+
     p = sub.add_parser("report", help="write docs/benchmarks.md and docs/bench-*.png")
     p.add_argument("--input", help="compare results JSON (default: the newest)")
     p.add_argument("--docs", default=str(servers.REPO / "docs"))
@@ -263,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         from bench import runner
 
         runner.main(args)
+        return 0
+    if args.cmd == "many":
+        from bench import many
+
+        many.main(args)
         return 0
     if args.cmd == "report":
         from bench import report

@@ -103,6 +103,15 @@ def metric_rows(runs: Runs, servers: list[str]) -> list[tuple[str, dict[str, dic
                     return None
 
                 add(f"latency {pct[:3]} ms, {rate:g} msg/s to 1,000", "latency", get)
+
+            def first(r: dict[str, Any], rate: float = rate) -> float | None:
+                for ph in r["phases"]:
+                    lat = ph.get("latency_first10") or {}
+                    if ph["rate"] == rate and lat.get("count"):
+                        return float(lat["p50_ms"])
+                return None
+
+            add(f"latency p50 ms, first 10 % of receivers, {rate:g} msg/s", "latency", first)
     add("churn: connects/s while broadcasting", "churn", lambda r: r["churn_connects_per_s"])
     add("churn: stable subscribers' delivery ratio", "churn", lambda r: r["delivery_ratio"])
     add(

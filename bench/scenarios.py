@@ -249,6 +249,12 @@ def measure(
     lat = stats.merge_samples([r["latencies"] for r in subs])
     lat_app = stats.merge_samples([r["latencies_app"] for r in subs])
     source = "kernel" if lat else "app"
+    keyed = all(len(r.get("latency_keys", ())) == len(r["latencies"]) for r in subs)
+    first = (
+        stats.first_share([r["latencies"] for r in subs], [r["latency_keys"] for r in subs])
+        if latency and lat and keyed
+        else []
+    )
     frames = sum(r["frames"] for r in replies)
     receivers = sum(r["conns"] for r in replies)
     sent = pub["sent"]
@@ -270,6 +276,8 @@ def measure(
         "latency": stats.latency_summary(lat or lat_app) if latency else None,
         "latency_source": source if latency else None,
         "latency_app": stats.latency_summary(lat_app) if latency else None,
+        # Each message's earliest 10 % of receivers (kernel timestamps only).
+        "latency_first10": stats.latency_summary(first) if latency else None,
     }
     if cpu0 is not None and cpu1 is not None:
         out["server_cpu_util"] = round((cpu1 - cpu0) / duration, 3)

@@ -72,3 +72,23 @@ def merge_samples(chunks: Sequence[Sequence[int]], limit: int = 2_000_000) -> li
         stride = max(1, len(c) // k)
         out.extend(c[::stride])
     return out
+
+
+def first_share(
+    samples_ns: Sequence[Sequence[int]], keys: Sequence[Sequence[int]], share: float = 0.1
+) -> list[int]:
+    """Each message's earliest ``share`` of receivers: the latencies in ``samples_ns`` are
+    grouped by the message they timed (``keys``, aligned with them, one list per client
+    process), and of each message only the lowest ``ceil(share * receivers)`` are kept.
+
+    The whole-fan-out percentiles mix the first socket written with the thousandth; this
+    isolates how soon a message reaches its first subscribers."""
+    by_key: dict[int, list[int]] = {}
+    for lat, key in zip(samples_ns, keys, strict=True):
+        for t, k in zip(lat, key, strict=True):
+            by_key.setdefault(k, []).append(t)
+    out: list[int] = []
+    for group in by_key.values():
+        group.sort()
+        out.extend(group[: max(1, math.ceil(share * len(group)))])
+    return out

@@ -39,7 +39,15 @@ def summarize(r: dict[str, Any]) -> str:
             f"server CPU {_num(r.get('server_cpu_util'))}, client CPU {_num(r['client_cpu_util'])})"
         )
     if s == "latency":
-        parts = [f"{ph['rate']:g}/s: {_lat(ph['latency'])}" for ph in r["phases"]]
+        parts = [
+            f"{ph['rate']:g}/s: {_lat(ph['latency'])}"
+            + (
+                f", first 10 % p50 {first['p50_ms']:.3f} ms p99 {first['p99_ms']:.3f} ms"
+                if (first := ph.get("latency_first10")) and first.get("count")
+                else ""
+            )
+            for ph in r["phases"]
+        ]
         return f"[latency] {name}, {p['subscribers']} subscribers: " + "; ".join(parts)
     if s == "memory":
         pts = ", ".join(

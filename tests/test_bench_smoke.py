@@ -55,6 +55,9 @@ def test_latency_smoke() -> None:
     assert lat["count"] > 0
     assert 0 <= lat["p50_ms"] <= lat["p99_ms"] <= lat["max_ms"]
     assert phase["subscribers_without_frames"] == 0
+    first = phase["latency_first10"]  # each message's earliest 10 % of receivers
+    assert 0 < first["count"] < lat["count"]
+    assert first["p50_ms"] <= lat["p50_ms"]
 
 
 def test_fanout_v1_smoke_100_protocol_subscribers() -> None:

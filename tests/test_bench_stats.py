@@ -52,3 +52,11 @@ def test_merge_samples_keeps_every_process() -> None:
     assert len(merged) <= 120
     assert any(x < 10 for x in merged[-10:])
     assert stats.merge_samples([[1], [2, 3]]) == [1, 2, 3]
+
+
+def test_first_share_keeps_each_messages_earliest_receivers() -> None:
+    # Two client processes; message 1 reached 20 receivers, message 2 reached 10.
+    lat_a, keys_a = [*range(100, 110), *range(500, 505)], [1] * 10 + [2] * 5
+    lat_b, keys_b = [*range(10, 20), *range(900, 905)], [1] * 10 + [2] * 5
+    first = stats.first_share([lat_a, lat_b], [keys_a, keys_b], share=0.1)
+    assert sorted(first) == [10, 11, 500]  # 10 % of 20 is 2; 10 % of 10 is 1

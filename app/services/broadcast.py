@@ -208,16 +208,22 @@ class BroadcastService:
     def deliver(self, channel: str, message: Message) -> None:
         """Offer ``message`` to every local subscriber of ``channel``; never waits."""
         # No copy of the members: offer() never awaits and never changes the registry (a slow
-        # consumer only starts closing; it leaves when its session ends).
-        members = self._channels.get(channel)
-        if members and not message.is_event:  # events (join, leave) are fanout.v1 only
-            for conn in members.values():
-                conn.offer(message)
-        subscribers = self._subscribers.get(channel)
-        if subscribers:
-            envelope = message.envelope(channel)
-            for conn in subscribers.values():
-                conn.offer(envelope)
+        # consumer only starts closing; it leaves when its session ends). The cork may write
+        # the first subscribers while later ones are still offered the message.
+        cork = self._cork
+        cork.begin()
+        try:
+            members = self._channels.get(channel)
+            if members and not message.is_event:  # events (join, leave) are fanout.v1 only
+                for conn in members.values():
+                    conn.offer(message)
+            subscribers = self._subscribers.get(channel)
+            if subscribers:
+                envelope = message.envelope(channel)
+                for conn in subscribers.values():
+                    conn.offer(envelope)
+        finally:
+            cork.end()
 
     def gap(
         self, reason: str, channel: str | None = None, /, exclude: frozenset[str] = frozenset()
