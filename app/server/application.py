@@ -7,8 +7,9 @@ from starlette.routing import Match, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from app.server.http import use_deadline_protocols
+from app.server.http import use_deadline_protocols, uvicorn_config
 from app.server.socket import probe
+from app.server.websocket import use_fanout_websocket_protocol
 
 
 class FanoutApp(Starlette):
@@ -20,7 +21,8 @@ class FanoutApp(Starlette):
     HTTP requests and handshakes on other paths still take the full stack.
 
     When the lifespan starts, uvicorn is told to use the HTTP protocols with a deadline for
-    the request head (:mod:`app.server.http`), before it accepts a connection.
+    the request head (:mod:`app.server.http`) and the WebSocket protocol with the lean
+    handshake (:mod:`app.server.websocket`), before it accepts a connection.
     """
 
     socket_routes: tuple[WebSocketRoute, ...] = ()
@@ -34,6 +36,9 @@ class FanoutApp(Starlette):
                 return
         elif scope["type"] == "lifespan":
             use_deadline_protocols(receive)
+            config = uvicorn_config(receive)
+            if config is not None:
+                use_fanout_websocket_protocol(config)
         await super().__call__(scope, receive, send)
 
     def _socket_route(self, scope: Scope) -> WebSocketRoute | None:

@@ -17,6 +17,13 @@ from websockets.extensions.permessage_deflate import PerMessageDeflate
 
 SANSIO = "WebSocketsSansIOProtocol"
 """Class name of uvicorn's default WebSocket protocol, the one these trims know."""
+SANSIO_NAMES = (SANSIO, "FanoutWebSocketProtocol")
+"""That protocol and Fanout's subclass of it (:mod:`app.server.websocket`)."""
+
+
+def is_sansio(protocol: Any) -> bool:
+    """Whether ``protocol`` is uvicorn's websockets-sansio protocol (or Fanout's subclass)."""
+    return type(protocol).__name__ in SANSIO_NAMES
 
 
 class ReceiveQueue:
@@ -80,7 +87,7 @@ def slim_protocol(protocol: Any) -> None:
 
     Call before the handshake is accepted, while nothing waits on either.
     """
-    if type(protocol).__name__ != SANSIO:
+    if not is_sansio(protocol):
         return
     queue = getattr(protocol, "queue", None)
     if type(queue) is asyncio.Queue and not getattr(queue, "_getters", True):
@@ -105,7 +112,7 @@ def release_handshake(protocol: Any, *, direct: bool) -> None:
     compressor, so its zlib state (about 30 KB at uvicorn's settings) is only built if
     something ever does compress.
     """
-    if type(protocol).__name__ != SANSIO or getattr(protocol, "handshake_complete", 0) is not True:
+    if not is_sansio(protocol) or getattr(protocol, "handshake_complete", 0) is not True:
         return
     for name in ("request", "response"):
         headers = getattr(getattr(protocol, name, None), "headers", None)

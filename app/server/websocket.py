@@ -1,0 +1,329 @@
+"""A leaner opening handshake for uvicorn's websockets-sansio protocol.
+
+uvicorn 0.54 upgrades a connection by serialising the request head httptools has already
+parsed back into bytes, feeding them to a fresh websockets ``ServerProtocol``, which parses
+them again (a generator per line), validates them, builds a ``Response`` with its own
+``Headers`` and formats a ``Date`` it then deletes; the 101 is serialised from those
+objects. About 50 us of a 380 us connect on the 2-core VM, and a parser generator, a
+``Request``, a ``Response`` and their header lists kept for the socket's life.
+
+:class:`FanoutWebSocketProtocol` takes the head httptools parsed (through
+:class:`app.server.http.FanoutHttpToolsProtocol`), checks it as the library would, and
+writes the 101 from bytes. Anything it does not recognise as a plain, valid handshake
+without extensions (a permessage-deflate offer, a bad key, a second ``Upgrade``, HTTP/1.0,
+another method) goes the library's way, byte for byte what uvicorn does, so every refusal
+and negotiation stays the library's. It also starts with the light receive queue and
+writable event of :mod:`app.server.trims` rather than building the asyncio ones to
+replace them. Swapped in on the uvicorn ``Config`` at lifespan start, like the HTTP
+protocols of :mod:`app.server.http`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+from typing import Any
+from urllib.parse import unquote
+
+from uvicorn.config import Config
+from uvicorn.protocols.utils import (
+    ClientDisconnected,
+    get_client_addr,
+    get_path_with_query_string,
+)
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.protocol import OPEN
+from websockets.server import ServerProtocol
+
+from app.server.conformance import CloseMidMessageProtocol
+from app.server.trims import ListEvent, ReceiveQueue
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_ACCEPTED_HEAD = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+)
+_REQUIRED = frozenset({b"upgrade", b"connection", b"sec-websocket-key", b"sec-websocket-version"})
+_LIBRARY_ONLY = frozenset({b"sec-websocket-extensions"})
+"""Headers whose negotiation stays the library's: the request then takes its way."""
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def accept_key(headers: Headers) -> bytes | None:
+    """``Sec-WebSocket-Accept`` for a plain valid handshake head, None for anything else.
+
+    Valid as websockets 17's ``ServerProtocol.process_request`` sees it: one ``Upgrade:
+    websocket``, a ``Connection`` listing ``upgrade``, one key of 16 base64 bytes, version
+    13. ``headers`` are httptools' (names lower case). A head with any header the library
+    negotiates (extensions) is not plain either.
+    """
+    upgrade = connection = key = version = None
+    seen: set[bytes] = set()
+    for name, value in headers:
+        if name in _REQUIRED:
+            if name in seen and name != b"connection":
+                return None  # a second Upgrade, key or version: the library decides
+            seen.add(name)
+            if name == b"upgrade":
+                upgrade = value
+            elif name == b"connection":
+                connection = value if connection is None else connection + b"," + value
+            elif name == b"sec-websocket-key":
+                key = value
+            else:
+                version = value
+        elif name in _LIBRARY_ONLY:
+            return None
+    if upgrade is None or upgrade.strip().lower() != b"websocket" or version != b"13":
+        return None
+    if connection is None or b"upgrade" not in (t.strip().lower() for t in connection.split(b",")):
+        return None
+    if key is None:
+        return None
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except binascii.Error:
+        return None
+    if len(raw) != 16:
+        return None
+    return base64.b64encode(hashlib.sha1(key + _GUID).digest())
+
+
+class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol with the handshake above (same ASGI contract).
+
+    Its instance attributes are the per-connection ones only, at most 28, set in one
+    order in ``__init__``: CPython 3.11 then keeps the instance dict's keys shared by
+    every connection (about 300 bytes each), where uvicorn's 38 attributes make each
+    instance own a full dict of 1.4 KB. What is the same for every connection of a
+    server (its configuration) lives on a subclass made per ``Config`` by
+    :func:`use_fanout_websocket_protocol`; the server state is read through properties.
+    """
+
+    # Per server: set on the subclass for_config() makes.
+    config: Config
+    app: Any
+    logger: logging.Logger = logging.getLogger("uvicorn.error")
+    root_path = ""
+    asgi_version = "3.0"
+    ping_interval: float | None = None
+    ping_timeout: float | None = None
+    close_timeout = 10.0
+
+    @classmethod
+    def for_config(cls, config: Config) -> type[FanoutWebSocketProtocol]:
+        """This class with ``config``'s settings as class attributes (same class name)."""
+        if not config.loaded:
+            config.load()  # pragma: no cover
+        settings = {
+            "config": config,
+            "app": config.loaded_app,
+            "root_path": config.root_path,
+            "asgi_version": config.asgi_version,
+            "ping_interval": config.ws_ping_interval,
+            "ping_timeout": config.ws_ping_timeout,
+            "__qualname__": cls.__qualname__,
+            "__module__": cls.__module__,
+        }
+        return type(cls.__name__, (cls,), settings)
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        # uvicorn's __init__ minus what upgrade() or the library path builds on demand
+        # (the websockets protocol) and with trims.py's receive queue and event.
+        self._server_state = server_state
+        self.app_state = app_state
+        self.loop = _loop or asyncio.get_event_loop()
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.server: tuple[str, int | None] | None = None
+        self.client: tuple[str, int] | None = None
+        self.scheme = None  # type: ignore[assignment]
+        self.queue = ReceiveQueue()  # type: ignore[assignment]
+        self.handshake_initiated = False
+        self.handshake_complete = False
+        self.close_sent = False
+        self.disconnected = False
+        self.close_timer = None
+        self.initial_response = None
+        self.conn: ServerProtocol = None  # type: ignore[assignment]
+        self.read_paused = False
+        self.writable = ListEvent()
+        self.writable.set()
+        self.ping_timer = None
+        self.pong_timer = None
+        self.pending_ping_payload = None
+        self.ping_sent_at = 0.0
+        self.last_ping_rtt = 0.0
+        self.frames = []
+        self.curr_msg_data_type = "bytes"
+        self._accept: bytes | None = None
+        self.scope = None  # type: ignore[assignment]
+        self.request = None  # type: ignore[assignment]
+        self.response = None  # type: ignore[assignment]
+
+    @property
+    def connections(self) -> set[Any]:  # type: ignore[override]
+        """The server's live connections."""
+        return self._server_state.connections
+
+    @property
+    def tasks(self) -> set[asyncio.Task[None]]:  # type: ignore[override]
+        """The server's running ASGI tasks."""
+        return self._server_state.tasks
+
+    @property
+    def default_headers(self) -> list[tuple[bytes, bytes]]:  # type: ignore[override]
+        """``date`` and ``server`` as the server refreshes them every second."""
+        return self._server_state.default_headers
+
+    def _library_conn(self) -> None:
+        """The websockets protocol exactly as uvicorn builds it (it parses the request)."""
+        extensions = []
+        if self.config.ws_per_message_deflate:
+            extensions = [
+                ServerPerMessageDeflateFactory(
+                    server_max_window_bits=12,
+                    client_max_window_bits=12,
+                    compress_settings={"memLevel": 5},
+                )
+            ]
+        self.conn = ServerProtocol(
+            extensions=extensions,
+            max_size=self.config.ws_max_size,
+            logger=logging.getLogger("uvicorn.error"),
+        )
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes from the socket; the first ones build the library's protocol (h11's way)."""
+        if self.conn is None:
+            self._library_conn()
+        super().data_received(data)
+
+    def upgrade(self, http: Any, transport: asyncio.Transport) -> None:
+        """Take over ``transport`` from uvicorn's httptools protocol ``http``, whose
+        request head (``scope`` headers, ``url``) is a WebSocket handshake."""
+        self.connections.add(self)
+        self.transport = transport
+        self.server = http.server
+        self.client = http.client
+        self.scheme = "wss" if http.scheme == "https" else "ws"
+        scope = http.scope
+        headers: Headers = scope["headers"]
+        key = None
+        if scope["method"] == "GET" and scope["http_version"] == "1.1" and http.url.isascii():
+            key = accept_key(headers)
+        if key is None:
+            # uvicorn's way: the head as bytes, parsed and answered by the library.
+            output = [scope["method"].encode(), b" ", http.url, b" HTTP/1.1\r\n"]
+            for name, value in headers:
+                output += [name, b": ", value, b"\r\n"]
+            output.append(b"\r\n")
+            self.data_received(b"".join(output))
+            return
+        self._accept = key
+        self.conn = CloseMidMessageProtocol(
+            state=OPEN, max_size=self.config.ws_max_size, logger=self.logger
+        )
+        self.handshake_initiated = True
+        raw_path, _, query_string = http.url.partition(b"?")
+        subprotocols: list[str] = []
+        for name, value in headers:
+            if name == b"sec-websocket-protocol":
+                subprotocols.extend(t.strip() for t in value.decode("latin-1").split(","))
+        root_path = self.root_path
+        self.scope = {
+            "type": "websocket",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": self.scheme,
+            "server": self.server,
+            "client": self.client,
+            "root_path": root_path,
+            "path": root_path + _unquote(raw_path),
+            "raw_path": root_path.encode("ascii") + raw_path,
+            "query_string": query_string,
+            "headers": headers,
+            "subprotocols": subprotocols,
+            "state": self.app_state.copy(),
+            "extensions": {"websocket.http.response": {}},
+        }
+        self.queue.put_nowait({"type": "websocket.connect"})
+        task = self.loop.create_task(self.run_asgi())
+        task.add_done_callback(self.on_task_complete)
+        self.tasks.add(task)
+
+    async def send(self, message: Any) -> None:
+        """uvicorn's ``send``, with the 101 of a plain handshake written from bytes."""
+        if self._accept is not None and message["type"] == "websocket.accept":
+            await self.writable.wait()
+            self._send_101(message)
+            return
+        if self._accept is not None and message["type"] in (
+            "websocket.close",
+            "websocket.http.response.start",
+        ):
+            # A refusal: the library answers it, so it needs the response it would have made.
+            self._library_refusal()
+        await super().send(message)
+
+    def _send_101(self, message: Any) -> None:
+        key, self._accept = self._accept, None
+        if self.disconnected:
+            raise ClientDisconnected()
+        if self.logger.isEnabledFor(logging.INFO):
+            self.logger.info(
+                '%s - "WebSocket %s" [accepted]',
+                get_client_addr(self.scope),
+                get_path_with_query_string(self.scope),
+            )
+        assert key is not None  # send() checked it
+        parts = [_ACCEPTED_HEAD, b"Sec-WebSocket-Accept: ", key, b"\r\n"]
+        for name, value in (*self.default_headers, *message.get("headers", ())):
+            parts += [name.lower(), b": ", value, b"\r\n"]
+        subprotocol = message.get("subprotocol")
+        if subprotocol:
+            parts += [b"Sec-WebSocket-Protocol: ", subprotocol.encode("latin-1"), b"\r\n"]
+        parts.append(b"\r\n")
+        if not self.transport.is_closing():
+            self.handshake_complete = True
+            self.transport.write(b"".join(parts))
+            self.start_keepalive()
+
+    def _library_refusal(self) -> None:
+        """Before a plain handshake is refused: the library's protocol, still CONNECTING,
+        which uvicorn's own ``send`` asks for the refusal's bytes."""
+        self._accept = None
+        self._library_conn()
+
+    def send_500_response(self) -> None:
+        """uvicorn's 500 for a handshake the app never answered."""
+        if self._accept is not None:
+            self._library_refusal()
+        super().send_500_response()
+
+
+def _unquote(raw_path: bytes) -> str:
+    path = raw_path.decode("ascii")
+    return unquote(path) if "%" in path else path
+
+
+def use_fanout_websocket_protocol(config: Config) -> bool:
+    """Make ``config``'s server use :class:`FanoutWebSocketProtocol` if it uses uvicorn's
+    websockets-sansio protocol (the default); True if it does now."""
+    current = getattr(config, "ws_protocol_class", None)
+    if isinstance(current, type) and issubclass(current, FanoutWebSocketProtocol):
+        return True
+    if current is not WebSocketsSansIOProtocol:
+        return False
+    config.ws_protocol_class = FanoutWebSocketProtocol.for_config(config)
+    return True
