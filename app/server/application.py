@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from starlette.applications import Starlette
 from starlette.routing import Match, WebSocketRoute
 from starlette.types import Receive, Scope, Send
@@ -29,10 +31,9 @@ class FanoutApp(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            route = self._socket_route(scope)
-            if route is not None:
-                probe(scope, receive, send)  # ProbeMiddleware does it on the long way round
-                await route.endpoint(WebSocket(scope, receive, send))
+            session = self.socket_session(scope, receive, send)
+            if session is not None:
+                await session
                 return
         elif scope["type"] == "lifespan":
             use_deadline_protocols(receive)
@@ -40,6 +41,19 @@ class FanoutApp(Starlette):
             if config is not None:
                 use_fanout_websocket_protocol(config)
         await super().__call__(scope, receive, send)
+
+    def socket_session(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None] | None:
+        """The session of a handshake on a socket path, not yet started; None elsewhere.
+
+        Fanout's WebSocket protocol (:mod:`app.server.websocket`) runs it as the socket's
+        task itself, without the frames of uvicorn's ``run_asgi`` and of this ``__call__``.
+        """
+        route = self._socket_route(scope)
+        if route is None:
+            return None
+        probe(scope, receive, send)  # ProbeMiddleware does it on the long way round
+        session: Awaitable[None] = route.endpoint(WebSocket(scope, receive, send))
+        return session
 
     def _socket_route(self, scope: Scope) -> WebSocketRoute | None:
         """The socket route for this handshake, updating ``scope`` as the router would.

@@ -60,6 +60,14 @@ class ReceiveQueue:
             raise asyncio.QueueEmpty
         return self._items.pop(0)
 
+    def arrival(self) -> asyncio.Future[None]:
+        """A future done when an item is put (the one reader awaits it while empty)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            raise RuntimeError("one reader at a time")
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        return waiter
+
     async def get(self) -> Any:
         """The oldest item, waiting for one if needed (one reader at a time)."""
         while not self._items:

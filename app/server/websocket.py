@@ -25,10 +25,12 @@ import base64
 import binascii
 import hashlib
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, cast
 from urllib.parse import unquote
 
 from uvicorn.config import Config
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.utils import (
     ClientDisconnected,
     get_client_addr,
@@ -114,13 +116,28 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
     ping_interval: float | None = None
     ping_timeout: float | None = None
     close_timeout = 10.0
+    _proxy: ProxyHeadersMiddleware | None = None
+    """uvicorn's proxy-headers middleware around a stub app, when the server has it."""
+    _sessions: Callable[[Any, Any, Any], Awaitable[None] | None] | None = None
+    """``FanoutApp.socket_session`` when the app under that middleware is Fanout's."""
 
     @classmethod
     def for_config(cls, config: Config) -> type[FanoutWebSocketProtocol]:
         """This class with ``config``'s settings as class attributes (same class name)."""
         if not config.loaded:
             config.load()  # pragma: no cover
+        app = config.loaded_app
+        proxy = None
+        if type(app) is ProxyHeadersMiddleware:
+            # Its scope rewriting, run to completion on each scope (the stub app returns
+            # at once), so no middleware frame stays alive under the session.
+            proxy = ProxyHeadersMiddleware(_scope_only)
+            proxy.trusted_hosts = app.trusted_hosts
+            app = app.app
+        sessions = getattr(app, "socket_session", None)
         settings = {
+            "_proxy": proxy,
+            "_sessions": sessions if callable(sessions) else None,
             "config": config,
             "app": config.loaded_app,
             "root_path": config.root_path,
@@ -258,9 +275,59 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
             "extensions": {"websocket.http.response": {}},
         }
         self.queue.put_nowait({"type": "websocket.connect"})
-        task = self.loop.create_task(self.run_asgi())
-        task.add_done_callback(self.on_task_complete)
+        self._start_app()
+
+    def _start_app(self) -> None:
+        """Run the application for this handshake: a Fanout socket session as the task
+        itself (its end handled by :meth:`_session_done`), anything else as uvicorn does."""
+        scope: Any = self.scope
+        sessions = self._sessions
+        session = None
+        if sessions is not None:
+            proxy = self._proxy
+            if proxy is not None:
+                _run_to_completion(proxy(scope, self.receive, self.send))
+            session = sessions(scope, self.receive, self.send)
+            if session is None:  # not a socket path: the app, minus the middleware done
+                session = self._run_app(scope)
+        if session is None:
+            task = self.loop.create_task(self.run_asgi())
+            task.add_done_callback(self.on_task_complete)
+        else:
+            task = asyncio.ensure_future(session, loop=self.loop)
+            task.add_done_callback(self._session_done)
         self.tasks.add(task)
+
+    async def _run_app(self, scope: Any) -> None:
+        inner = cast(Any, self.app).app if self._proxy is not None else self.app
+        await inner(scope, self.receive, self.send)
+
+    def _session_done(self, task: asyncio.Future[None]) -> None:
+        """What uvicorn's ``run_asgi`` does after the application returned or raised."""
+        self.tasks.discard(task)
+        exc = task.exception() if not task.cancelled() else asyncio.CancelledError()
+        if exc is not None:
+            if not isinstance(exc, ClientDisconnected):
+                self.logger.error("Exception in ASGI application\n", exc_info=exc)
+                self.send_500_response()
+        elif not self.handshake_complete:
+            self.logger.error("ASGI callable returned without completing handshake.")
+            self.send_500_response()
+        elif task.result() is not None:
+            self.logger.error("ASGI callable should return None, but returned '%s'.", task.result())
+        if self.close_timer is None:
+            self.transport.close()
+
+    async def receive(self) -> Any:
+        """uvicorn's ``receive`` and the queue's ``get`` in one coroutine frame, not two."""
+        queue = cast(ReceiveQueue, self.queue)
+        while queue.empty():
+            await queue.arrival()
+        message = queue.get_nowait()
+        if self.read_paused and queue.empty():
+            self.read_paused = False
+            self.transport.resume_reading()
+        return message
 
     async def send(self, message: Any) -> None:
         """uvicorn's ``send``, with the 101 of a plain handshake written from bytes."""
@@ -310,6 +377,20 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
         if self._accept is not None:
             self._library_refusal()
         super().send_500_response()
+
+
+async def _scope_only(scope: Any, receive: Any, send: Any) -> None:
+    """The stub under the proxy-headers middleware: its scope changes are all we want."""
+
+
+def _run_to_completion(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine that never suspends (the middleware around :func:`_scope_only`)."""
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    coroutine.close()
+    raise RuntimeError("the proxy-headers middleware suspended")
 
 
 def _unquote(raw_path: bytes) -> str:
