@@ -25,6 +25,8 @@ import base64
 import binascii
 import hashlib
 import logging
+import random
+import struct
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 from urllib.parse import unquote
@@ -43,6 +45,7 @@ from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
 from app.server.conformance import CloseMidMessageProtocol
+from app.server.keepalive import DeadlineQueue
 from app.server.trims import ListEvent, ReceiveQueue
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -116,6 +119,10 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
     ping_interval: float | None = None
     ping_timeout: float | None = None
     close_timeout = 10.0
+    _pings: DeadlineQueue
+    """Every socket's next keepalive ping (:mod:`app.server.keepalive`), per server."""
+    _pongs: DeadlineQueue
+    """Every socket's pong deadline, per server."""
     _proxy: ProxyHeadersMiddleware | None = None
     """uvicorn's proxy-headers middleware around a stub app, when the server has it."""
     _sessions: Callable[[Any, Any, Any], Awaitable[None] | None] | None = None
@@ -136,6 +143,8 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
             app = app.app
         sessions = getattr(app, "socket_session", None)
         settings = {
+            "_pings": DeadlineQueue(_ping),
+            "_pongs": DeadlineQueue(_pong_missed),
             "_proxy": proxy,
             "_sessions": sessions if callable(sessions) else None,
             "config": config,
@@ -318,6 +327,27 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.close_timer is None:
             self.transport.close()
 
+    def schedule_ping(self) -> None:
+        """uvicorn's next ping, on the server's ping queue instead of a timer of its own."""
+        assert self.ping_interval is not None
+        delay = max(0.0, self.ping_interval - self.last_ping_rtt)
+        self.ping_timer = self._pings.add(self.loop, delay, self)  # type: ignore[assignment]
+
+    def send_keepalive_ping(self) -> None:
+        """uvicorn's keepalive ping, with its pong deadline on the server's pong queue."""
+        self.ping_timer = None
+        if self.close_sent or self.transport.is_closing():
+            return
+        self.pending_ping_payload = struct.pack("!I", random.getrandbits(32))
+        self.ping_sent_at = self.loop.time()
+        self.conn.send_ping(self.pending_ping_payload)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        if self.ping_timeout is not None:
+            deadline = self._pongs.add(self.loop, self.ping_timeout, self)
+            self.pong_timer = deadline  # type: ignore[assignment]
+        else:
+            self.schedule_ping()
+
     async def receive(self) -> Any:
         """uvicorn's ``receive`` and the queue's ``get`` in one coroutine frame, not two."""
         queue = cast(ReceiveQueue, self.queue)
@@ -377,6 +407,14 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
         if self._accept is not None:
             self._library_refusal()
         super().send_500_response()
+
+
+def _ping(protocol: FanoutWebSocketProtocol) -> None:
+    protocol.send_keepalive_ping()
+
+
+def _pong_missed(protocol: FanoutWebSocketProtocol) -> None:
+    protocol.keepalive_timeout()
 
 
 async def _scope_only(scope: Any, receive: Any, send: Any) -> None:
