@@ -92,12 +92,14 @@ async def measure(connections: int, path: str, by: str, top: int) -> None:
         proc = multiprocessing.Process(target=_client, args=(port, n, path, theirs))
         if rounds:
             gc.collect()
+            tracked = len(gc.get_objects())
             before = tracemalloc.take_snapshot()
         proc.start()
         opened = await loop.run_in_executor(None, mine.recv)
         await asyncio.sleep(1.0)
         if rounds:
             gc.collect()
+            tracked = len(gc.get_objects()) - tracked
             after = tracemalloc.take_snapshot()
         mine.send("close")
         await loop.run_in_executor(None, proc.join)
@@ -109,7 +111,10 @@ async def measure(connections: int, path: str, by: str, top: int) -> None:
         key = owner_of(frame.filename) if by == "owner" else f"{frame.filename}:{frame.lineno}"
         groups[key] += stat.size_diff
     total = sum(groups.values())
-    print(f"{opened} idle connections, {total / opened:,.0f} bytes per connection (Python heap)")
+    print(
+        f"{opened} idle connections, {total / opened:,.0f} bytes per connection (Python heap),"
+        f" {tracked / opened:.1f} objects per connection tracked by the garbage collector"
+    )
     for key, size in sorted(groups.items(), key=lambda kv: -kv[1])[:top]:
         print(f"{size / opened:10,.0f}  {key}")
     server.should_exit = True
