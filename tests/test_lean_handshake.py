@@ -10,11 +10,15 @@ import asyncio
 import base64
 import hashlib
 import os
+import sys
+from typing import Any
 
 import pytest
 import websockets
+from uvicorn.config import Config
+from uvicorn.server import ServerState
 
-from app.server.websocket import accept_key
+from app.server.websocket import FanoutWebSocketProtocol, accept_key
 from tests.support.servers import ServerProcess, StartServer
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -148,3 +152,20 @@ async def test_under_h11_the_protocol_parses_the_head_itself(start_server: Start
     async with websockets.connect(server.ws("/ws/broadcast")) as ws:
         await ws.send("hello")
         assert await asyncio.wait_for(ws.recv(), 10) == "hello"
+
+
+async def _app(scope: Any, receive: Any, send: Any) -> None:
+    """An ASGI app for a Config that is never served."""
+
+
+async def test_each_protocol_keeps_its_attributes_in_a_small_shared_key_dict() -> None:
+    config = Config(app=_app, log_config=None)
+    config.load()
+    protocol_class = FanoutWebSocketProtocol.for_config(config)
+    assert protocol_class.__name__ == "FanoutWebSocketProtocol"  # what the trims look for
+    assert protocol_class.ping_interval == config.ws_ping_interval
+    state = ServerState()
+    protocols = [protocol_class(config=config, server_state=state, app_state={}) for _ in range(3)]
+    # Past about 30 keys CPython 3.11 gives every instance a 1.4 KB dict of its own.
+    assert len(vars(protocols[-1])) <= 28
+    assert sys.getsizeof(vars(protocols[-1])) < 600

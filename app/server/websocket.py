@@ -324,7 +324,9 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
             self.send_500_response()
         elif task.result() is not None:
             self.logger.error("ASGI callable should return None, but returned '%s'.", task.result())
-        if self.close_timer is None:
+        # connection_lost may have released the socket already (its task was done, this
+        # callback not yet run); uvicorn closes a transport that is closed anyway then.
+        if self.close_timer is None and self.transport is not None:
             self.transport.close()
         if self.disconnected:
             self._release()
