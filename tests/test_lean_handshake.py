@@ -16,9 +16,14 @@ from typing import Any
 import pytest
 import websockets
 from uvicorn.config import Config
+from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 from uvicorn.server import ServerState
 
-from app.server.websocket import FanoutWebSocketProtocol, accept_key
+from app.server.websocket import (
+    FanoutWebSocketProtocol,
+    accept_key,
+    use_fanout_websocket_protocol,
+)
 from tests.support.servers import ServerProcess, StartServer
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -169,3 +174,17 @@ async def test_each_protocol_keeps_its_attributes_in_a_small_shared_key_dict() -
     # Past about 30 keys CPython 3.11 gives every instance a 1.4 KB dict of its own.
     assert len(vars(protocols[-1])) <= 28
     assert sys.getsizeof(vars(protocols[-1])) < 600
+
+
+def test_only_uvicorns_default_protocol_is_replaced_and_anew_for_each_start() -> None:
+    config = Config(app=_app, log_config=None)
+    config.load()
+    assert use_fanout_websocket_protocol(config)
+    first = config.ws_protocol_class
+    assert isinstance(first, type) and issubclass(first, FanoutWebSocketProtocol)
+    assert use_fanout_websocket_protocol(config)  # a second start: fresh keepalive queues
+    assert config.ws_protocol_class is not first
+    other = Config(app=_app, log_config=None, ws="wsproto")
+    other.load()
+    assert not use_fanout_websocket_protocol(other)
+    assert other.ws_protocol_class is WSProtocol

@@ -464,9 +464,9 @@ def use_fanout_websocket_protocol(config: Config) -> bool:
     """Make ``config``'s server use :class:`FanoutWebSocketProtocol` if it uses uvicorn's
     websockets-sansio protocol (the default); True if it does now."""
     current = getattr(config, "ws_protocol_class", None)
-    if isinstance(current, type) and issubclass(current, FanoutWebSocketProtocol):
-        return True
-    if current is not WebSocketsSansIOProtocol:
+    fanouts = isinstance(current, type) and issubclass(current, FanoutWebSocketProtocol)
+    if not fanouts and current is not WebSocketsSansIOProtocol:
         return False
+    # Made anew for each server start on this Config: the keepalive queues belong to a loop.
     config.ws_protocol_class = FanoutWebSocketProtocol.for_config(config)
     return True
