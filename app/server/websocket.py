@@ -1,11 +1,18 @@
-"""A leaner opening handshake for uvicorn's websockets-sansio protocol.
+"""FanoutWebSocketProtocol: uvicorn's websockets-sansio protocol, leaner per connection.
 
-uvicorn 0.54 upgrades a connection by serialising the request head httptools has already
-parsed back into bytes, feeding them to a fresh websockets ``ServerProtocol``, which parses
-them again (a generator per line), validates them, builds a ``Response`` with its own
-``Headers`` and formats a ``Date`` it then deletes; the 101 is serialised from those
-objects. About 50 us of a 380 us connect on the 2-core VM, and a parser generator, a
-``Request``, a ``Response`` and their header lists kept for the socket's life.
+Four changes, each measured (docs/architecture.md, "Handshakes and idle sockets"): the
+opening handshake below; a Fanout socket session run as the connection's task without
+``run_asgi``'s and the middleware's frames under it (:meth:`_start_app`); keepalive
+deadlines on per-server queues (:mod:`app.server.keepalive`); reference cycles broken
+when a socket is done (:meth:`_release`).
+
+The handshake: uvicorn 0.54 upgrades a connection by serialising the request head
+httptools has already parsed back into bytes, feeding them to a fresh websockets
+``ServerProtocol``, which parses them again (a generator per line), validates them,
+builds a ``Response`` with its own ``Headers`` and formats a ``Date`` it then deletes;
+the 101 is serialised from those objects. About 50 us of a 380 us connect on the 2-core
+VM, and a parser generator, a ``Request``, a ``Response`` and their header lists kept for
+the socket's life.
 
 :class:`FanoutWebSocketProtocol` takes the head httptools parsed (through
 :class:`app.server.http.FanoutHttpToolsProtocol`), checks it as the library would, and
