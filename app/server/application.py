@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from starlette.applications import Starlette
 from starlette.routing import Match, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from app.server.http import use_deadline_protocols
+from app.server.http import use_deadline_protocols, uvicorn_config
 from app.server.socket import probe
+from app.server.websocket import use_fanout_websocket_protocol
 
 
 class FanoutApp(Starlette):
@@ -20,21 +23,37 @@ class FanoutApp(Starlette):
     HTTP requests and handshakes on other paths still take the full stack.
 
     When the lifespan starts, uvicorn is told to use the HTTP protocols with a deadline for
-    the request head (:mod:`app.server.http`), before it accepts a connection.
+    the request head (:mod:`app.server.http`) and the WebSocket protocol with the lean
+    handshake (:mod:`app.server.websocket`), before it accepts a connection.
     """
 
     socket_routes: tuple[WebSocketRoute, ...] = ()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            route = self._socket_route(scope)
-            if route is not None:
-                probe(scope, receive, send)  # ProbeMiddleware does it on the long way round
-                await route.endpoint(WebSocket(scope, receive, send))
+            session = self.socket_session(scope, receive, send)
+            if session is not None:
+                await session
                 return
         elif scope["type"] == "lifespan":
             use_deadline_protocols(receive)
+            config = uvicorn_config(receive)
+            if config is not None:
+                use_fanout_websocket_protocol(config)
         await super().__call__(scope, receive, send)
+
+    def socket_session(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None] | None:
+        """The session of a handshake on a socket path, not yet started; None elsewhere.
+
+        Fanout's WebSocket protocol (:mod:`app.server.websocket`) runs it as the socket's
+        task itself, without the frames of uvicorn's ``run_asgi`` and of this ``__call__``.
+        """
+        route = self._socket_route(scope)
+        if route is None:
+            return None
+        probe(scope, receive, send)  # ProbeMiddleware does it on the long way round
+        session: Awaitable[None] = route.endpoint(WebSocket(scope, receive, send))
+        return session
 
     def _socket_route(self, scope: Scope) -> WebSocketRoute | None:
         """The socket route for this handshake, updating ``scope`` as the router would.

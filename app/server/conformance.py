@@ -18,7 +18,7 @@ from typing import Any
 from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
-from app.server.trims import SANSIO
+from app.server.trims import is_sansio
 
 
 class CloseMidMessageProtocol(ServerProtocol):
@@ -39,7 +39,7 @@ def allow_close_mid_message(protocol: Any) -> None:
     Does nothing on any other server or protocol, or on a websockets version whose
     protocol object is not the plain :class:`ServerProtocol` with ``current_size``.
     """
-    if type(protocol).__name__ != SANSIO:
+    if not is_sansio(protocol):
         return
     conn = getattr(protocol, "conn", None)
     if type(conn) is ServerProtocol and hasattr(conn, "current_size"):

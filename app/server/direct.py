@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from app.server.trims import is_sansio
+
 DIRECT_ATTRIBUTES = ("transport", "writable", "close_sent", "conn", "handshake_complete")
 """What the direct path reads of uvicorn's protocol object; all must be there to use it."""
 
@@ -50,7 +52,7 @@ class DirectWriter:
 
 def direct_writer_for(protocol: Any) -> DirectWriter | None:
     """A :class:`DirectWriter` for uvicorn's websockets-sansio ``protocol``, else None."""
-    if protocol is None or type(protocol).__name__ != "WebSocketsSansIOProtocol":
+    if not is_sansio(protocol):
         return None
     if not all(hasattr(protocol, name) for name in DIRECT_ATTRIBUTES):
         return None

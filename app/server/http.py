@@ -97,6 +97,20 @@ class FanoutHttpToolsProtocol(_HeadTimer, HttpToolsProtocol):
         self._head_complete()
         super().on_headers_complete()
 
+    def handle_websocket_upgrade(self) -> None:
+        """Hand the parsed handshake to a WebSocket protocol that takes it as parsed
+        (:class:`app.server.websocket.FanoutWebSocketProtocol`), else do uvicorn's upgrade."""
+        upgrade = getattr(self.ws_protocol_class, "upgrade", None)
+        if upgrade is None:
+            super().handle_websocket_upgrade()
+            return
+        self.connections.discard(self)
+        protocol = self.ws_protocol_class(  # type: ignore[call-arg, misc]
+            config=self.config, server_state=self.server_state, app_state=self.app_state
+        )
+        protocol.upgrade(self, self.transport)  # type: ignore[union-attr]
+        self.transport.set_protocol(protocol)
+
     def on_response_complete(self) -> None:
         waits_for_a_request = not self.pipeline  # else the next request is in already
         super().on_response_complete()
@@ -134,6 +148,17 @@ _OURS: dict[type[Any], type[Any]] = {
 """uvicorn's protocol classes, each with the subclass that replaces it."""
 
 
+def uvicorn_config(lifespan_receive: Any) -> Config | None:
+    """The uvicorn ``Config`` behind a lifespan ``receive`` (None on another server).
+
+    uvicorn's lifespan ``receive`` is a bound method of its lifespan object, which holds
+    the server's ``Config``; uvicorn builds each connection's protocols from it and starts
+    listening only after the lifespan started.
+    """
+    config = getattr(getattr(lifespan_receive, "__self__", None), "config", None)
+    return config if isinstance(config, Config) else None
+
+
 def use_deadline_protocols(lifespan_receive: Any) -> bool:
     """Make the uvicorn server behind a lifespan ``receive`` use the protocols above.
 
@@ -143,8 +168,8 @@ def use_deadline_protocols(lifespan_receive: Any) -> bool:
     Returns whether the deadline is enforced (False on another server, or on a uvicorn
     protocol class this module does not know, which is then left alone with a warning).
     """
-    config = getattr(getattr(lifespan_receive, "__self__", None), "config", None)
-    if not isinstance(config, Config):
+    config = uvicorn_config(lifespan_receive)
+    if config is None:
         return False
     current = getattr(config, "http_protocol_class", None)
     if current in _OURS.values():

@@ -17,6 +17,13 @@ from websockets.extensions.permessage_deflate import PerMessageDeflate
 
 SANSIO = "WebSocketsSansIOProtocol"
 """Class name of uvicorn's default WebSocket protocol, the one these trims know."""
+SANSIO_NAMES = (SANSIO, "FanoutWebSocketProtocol")
+"""That protocol and Fanout's subclass of it (:mod:`app.server.websocket`)."""
+
+
+def is_sansio(protocol: Any) -> bool:
+    """Whether ``protocol`` is uvicorn's websockets-sansio protocol (or Fanout's subclass)."""
+    return type(protocol).__name__ in SANSIO_NAMES
 
 
 class ReceiveQueue:
@@ -53,6 +60,14 @@ class ReceiveQueue:
             raise asyncio.QueueEmpty
         return self._items.pop(0)
 
+    def arrival(self) -> asyncio.Future[None]:
+        """A future done when an item is put (the one reader awaits it while empty)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            raise RuntimeError("one reader at a time")
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        return waiter
+
     async def get(self) -> Any:
         """The oldest item, waiting for one if needed (one reader at a time)."""
         while not self._items:
@@ -80,7 +95,7 @@ def slim_protocol(protocol: Any) -> None:
 
     Call before the handshake is accepted, while nothing waits on either.
     """
-    if type(protocol).__name__ != SANSIO:
+    if not is_sansio(protocol):
         return
     queue = getattr(protocol, "queue", None)
     if type(queue) is asyncio.Queue and not getattr(queue, "_getters", True):
@@ -105,7 +120,7 @@ def release_handshake(protocol: Any, *, direct: bool) -> None:
     compressor, so its zlib state (about 30 KB at uvicorn's settings) is only built if
     something ever does compress.
     """
-    if type(protocol).__name__ != SANSIO or getattr(protocol, "handshake_complete", 0) is not True:
+    if not is_sansio(protocol) or getattr(protocol, "handshake_complete", 0) is not True:
         return
     for name in ("request", "response"):
         headers = getattr(getattr(protocol, name, None), "headers", None)

@@ -1,0 +1,479 @@
+"""FanoutWebSocketProtocol: uvicorn's websockets-sansio protocol, leaner per connection.
+
+Four changes, each measured (docs/architecture.md, "Handshakes and idle sockets"): the
+opening handshake below; a Fanout socket session run as the connection's task without
+``run_asgi``'s and the middleware's frames under it (:meth:`_start_app`); keepalive
+deadlines on per-server queues (:mod:`app.server.keepalive`); reference cycles broken
+when a socket is done (:meth:`_release`).
+
+The handshake: uvicorn 0.54 upgrades a connection by serialising the request head
+httptools has already parsed back into bytes, feeding them to a fresh websockets
+``ServerProtocol``, which parses them again (a generator per line), validates them,
+builds a ``Response`` with its own ``Headers`` and formats a ``Date`` it then deletes;
+the 101 is serialised from those objects. About 50 us of a 380 us connect on the 2-core
+VM, and a parser generator, a ``Request``, a ``Response`` and their header lists kept for
+the socket's life.
+
+:class:`FanoutWebSocketProtocol` takes the head httptools parsed (through
+:class:`app.server.http.FanoutHttpToolsProtocol`), checks it as the library would, and
+writes the 101 from bytes. Anything it does not recognise as a plain, valid handshake
+without extensions (a permessage-deflate offer, a bad key, a second ``Upgrade``, HTTP/1.0,
+another method) goes the library's way, byte for byte what uvicorn does, so every refusal
+and negotiation stays the library's. It also starts with the light receive queue and
+writable event of :mod:`app.server.trims` rather than building the asyncio ones to
+replace them. Swapped in on the uvicorn ``Config`` at lifespan start, like the HTTP
+protocols of :mod:`app.server.http`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+import random
+import struct
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, cast
+from urllib.parse import unquote
+
+from uvicorn.config import Config
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+from uvicorn.protocols.utils import (
+    ClientDisconnected,
+    get_client_addr,
+    get_path_with_query_string,
+)
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.protocol import OPEN
+from websockets.server import ServerProtocol
+
+from app.server.conformance import CloseMidMessageProtocol
+from app.server.keepalive import DeadlineQueue
+from app.server.trims import ListEvent, ReceiveQueue
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_ACCEPTED_HEAD = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+)
+_REQUIRED = frozenset({b"upgrade", b"connection", b"sec-websocket-key", b"sec-websocket-version"})
+_LIBRARY_ONLY = frozenset({b"sec-websocket-extensions"})
+"""Headers whose negotiation stays the library's: the request then takes its way."""
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def accept_key(headers: Headers) -> bytes | None:
+    """``Sec-WebSocket-Accept`` for a plain valid handshake head, None for anything else.
+
+    Valid as websockets 17's ``ServerProtocol.process_request`` sees it: one ``Upgrade:
+    websocket``, a ``Connection`` listing ``upgrade``, one key of 16 base64 bytes, version
+    13. ``headers`` are httptools' (names lower case). A head with any header the library
+    negotiates (extensions) is not plain either.
+    """
+    upgrade = connection = key = version = None
+    seen: set[bytes] = set()
+    for name, value in headers:
+        if name in _REQUIRED:
+            if name in seen and name != b"connection":
+                return None  # a second Upgrade, key or version: the library decides
+            seen.add(name)
+            if name == b"upgrade":
+                upgrade = value
+            elif name == b"connection":
+                connection = value if connection is None else connection + b"," + value
+            elif name == b"sec-websocket-key":
+                key = value
+            else:
+                version = value
+        elif name in _LIBRARY_ONLY:
+            return None
+    if upgrade is None or upgrade.strip().lower() != b"websocket" or version != b"13":
+        return None
+    if connection is None or b"upgrade" not in (t.strip().lower() for t in connection.split(b",")):
+        return None
+    if key is None:
+        return None
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except binascii.Error:
+        return None
+    if len(raw) != 16:
+        return None
+    return base64.b64encode(hashlib.sha1(key + _GUID).digest())
+
+
+class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol with the handshake above (same ASGI contract).
+
+    Its instance attributes are the per-connection ones only, at most 28, set in one
+    order in ``__init__``: CPython 3.11 then keeps the instance dict's keys shared by
+    every connection (about 300 bytes each), where uvicorn's 38 attributes make each
+    instance own a full dict of 1.4 KB. What is the same for every connection of a
+    server (its configuration) lives on a subclass made per ``Config`` by
+    :func:`use_fanout_websocket_protocol`; the server state is read through properties.
+    """
+
+    # Per server: set on the subclass for_config() makes.
+    config: Config
+    app: Any
+    logger: logging.Logger = logging.getLogger("uvicorn.error")
+    root_path = ""
+    asgi_version = "3.0"
+    ping_interval: float | None = None
+    ping_timeout: float | None = None
+    close_timeout = 10.0
+    _pings: DeadlineQueue
+    """Every socket's next keepalive ping (:mod:`app.server.keepalive`), per server."""
+    _pongs: DeadlineQueue
+    """Every socket's pong deadline, per server."""
+    _proxy: ProxyHeadersMiddleware | None = None
+    """uvicorn's proxy-headers middleware around a stub app, when the server has it."""
+    _sessions: Callable[[Any, Any, Any], Awaitable[None] | None] | None = None
+    """``FanoutApp.socket_session`` when the app under that middleware is Fanout's."""
+
+    @classmethod
+    def for_config(cls, config: Config) -> type[FanoutWebSocketProtocol]:
+        """This class with ``config``'s settings as class attributes (same class name)."""
+        if not config.loaded:
+            config.load()  # pragma: no cover
+        app = config.loaded_app
+        proxy = None
+        if type(app) is ProxyHeadersMiddleware:
+            # Its scope rewriting, run to completion on each scope (the stub app returns
+            # at once), so no middleware frame stays alive under the session.
+            proxy = ProxyHeadersMiddleware(_scope_only)
+            proxy.trusted_hosts = app.trusted_hosts
+            app = app.app
+        sessions = getattr(app, "socket_session", None)
+        settings = {
+            "_pings": DeadlineQueue(_ping),
+            "_pongs": DeadlineQueue(_pong_missed),
+            "_proxy": proxy,
+            "_sessions": sessions if callable(sessions) else None,
+            "config": config,
+            "app": config.loaded_app,
+            "root_path": config.root_path,
+            "asgi_version": config.asgi_version,
+            "ping_interval": config.ws_ping_interval,
+            "ping_timeout": config.ws_ping_timeout,
+            "__qualname__": cls.__qualname__,
+            "__module__": cls.__module__,
+        }
+        return type(cls.__name__, (cls,), settings)
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        # uvicorn's __init__ minus what upgrade() or the library path builds on demand
+        # (the websockets protocol) and with trims.py's receive queue and event.
+        self._server_state = server_state
+        self.app_state = app_state
+        self.loop = _loop or asyncio.get_event_loop()
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.server: tuple[str, int | None] | None = None
+        self.client: tuple[str, int] | None = None
+        self.scheme = None  # type: ignore[assignment]
+        self.queue = ReceiveQueue()  # type: ignore[assignment]
+        self.handshake_initiated = False
+        self.handshake_complete = False
+        self.close_sent = False
+        self.disconnected = False
+        self.close_timer = None
+        self.initial_response = None
+        self.conn: ServerProtocol = None  # type: ignore[assignment]
+        self.read_paused = False
+        self.writable = ListEvent()
+        self.writable.set()
+        self.ping_timer = None
+        self.pong_timer = None
+        self.pending_ping_payload = None
+        self.ping_sent_at = 0.0
+        self.last_ping_rtt = 0.0
+        self.frames = []
+        self.curr_msg_data_type = "bytes"
+        self._accept: bytes | None = None
+        self.scope = None  # type: ignore[assignment]
+        self._session: asyncio.Future[None] | None = None
+
+    @property
+    def connections(self) -> set[Any]:  # type: ignore[override]
+        """The server's live connections."""
+        return self._server_state.connections
+
+    @property
+    def tasks(self) -> set[asyncio.Task[None]]:  # type: ignore[override]
+        """The server's running ASGI tasks."""
+        return self._server_state.tasks
+
+    @property
+    def default_headers(self) -> list[tuple[bytes, bytes]]:  # type: ignore[override]
+        """``date`` and ``server`` as the server refreshes them every second."""
+        return self._server_state.default_headers
+
+    def _library_conn(self) -> None:
+        """The websockets protocol exactly as uvicorn builds it (it parses the request)."""
+        extensions = []
+        if self.config.ws_per_message_deflate:
+            extensions = [
+                ServerPerMessageDeflateFactory(
+                    server_max_window_bits=12,
+                    client_max_window_bits=12,
+                    compress_settings={"memLevel": 5},
+                )
+            ]
+        self.conn = ServerProtocol(
+            extensions=extensions,
+            max_size=self.config.ws_max_size,
+            logger=logging.getLogger("uvicorn.error"),
+        )
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes from the socket; the first ones build the library's protocol (h11's way)."""
+        if self.conn is None:
+            self._library_conn()
+        super().data_received(data)
+
+    def upgrade(self, http: Any, transport: asyncio.Transport) -> None:
+        """Take over ``transport`` from uvicorn's httptools protocol ``http``, whose
+        request head (``scope`` headers, ``url``) is a WebSocket handshake."""
+        self.connections.add(self)
+        self.transport = transport
+        self.server = http.server
+        self.client = http.client
+        self.scheme = "wss" if http.scheme == "https" else "ws"
+        scope = http.scope
+        headers: Headers = scope["headers"]
+        key = None
+        if scope["method"] == "GET" and scope["http_version"] == "1.1" and http.url.isascii():
+            key = accept_key(headers)
+        if key is None:
+            # uvicorn's way: the head as bytes, parsed and answered by the library.
+            output = [scope["method"].encode(), b" ", http.url, b" HTTP/1.1\r\n"]
+            for name, value in headers:
+                output += [name, b": ", value, b"\r\n"]
+            output.append(b"\r\n")
+            self.data_received(b"".join(output))
+            return
+        self._accept = key
+        self.conn = CloseMidMessageProtocol(
+            state=OPEN, max_size=self.config.ws_max_size, logger=self.logger
+        )
+        self.handshake_initiated = True
+        raw_path, _, query_string = http.url.partition(b"?")
+        subprotocols: list[str] = []
+        for name, value in headers:
+            if name == b"sec-websocket-protocol":
+                subprotocols.extend(t.strip() for t in value.decode("latin-1").split(","))
+        root_path = self.root_path
+        self.scope = {
+            "type": "websocket",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": self.scheme,
+            "server": self.server,
+            "client": self.client,
+            "root_path": root_path,
+            "path": root_path + _unquote(raw_path),
+            "raw_path": root_path.encode("ascii") + raw_path,
+            "query_string": query_string,
+            "headers": headers,
+            "subprotocols": subprotocols,
+            "state": self.app_state.copy(),
+            "extensions": {"websocket.http.response": {}},
+        }
+        self.queue.put_nowait({"type": "websocket.connect"})
+        self._start_app()
+
+    def _start_app(self) -> None:
+        """Run the application for this handshake: a Fanout socket session as the task
+        itself (its end handled by :meth:`_session_done`), anything else as uvicorn does."""
+        scope: Any = self.scope
+        sessions = self._sessions
+        session = None
+        if sessions is not None:
+            proxy = self._proxy
+            if proxy is not None:
+                _run_to_completion(proxy(scope, self.receive, self.send))
+            session = sessions(scope, self.receive, self.send)
+            if session is None:  # not a socket path: the app, minus the middleware done
+                session = self._run_app(scope)
+        if session is None:
+            task = self.loop.create_task(self.run_asgi())
+            task.add_done_callback(self.on_task_complete)
+        else:
+            task = asyncio.ensure_future(session, loop=self.loop)
+            task.add_done_callback(self._session_done)
+        self.tasks.add(task)
+        self._session = task
+
+    async def _run_app(self, scope: Any) -> None:
+        inner = cast(Any, self.app).app if self._proxy is not None else self.app
+        await inner(scope, self.receive, self.send)
+
+    def _session_done(self, task: asyncio.Future[None]) -> None:
+        """What uvicorn's ``run_asgi`` does after the application returned or raised."""
+        self.tasks.discard(task)
+        exc = task.exception() if not task.cancelled() else asyncio.CancelledError()
+        if exc is not None:
+            if not isinstance(exc, ClientDisconnected):
+                self.logger.error("Exception in ASGI application\n", exc_info=exc)
+                self.send_500_response()
+        elif not self.handshake_complete:
+            self.logger.error("ASGI callable returned without completing handshake.")
+            self.send_500_response()
+        elif task.result() is not None:
+            self.logger.error("ASGI callable should return None, but returned '%s'.", task.result())
+        # connection_lost may have released the socket already (its task was done, this
+        # callback not yet run); uvicorn closes a transport that is closed anyway then.
+        if self.close_timer is None and self.transport is not None:
+            self.transport.close()
+        if self.disconnected:
+            self._release()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """uvicorn's ``connection_lost``; once the session (started by :meth:`upgrade`, not
+        the library's way) has ended too, :meth:`_release`."""
+        super().connection_lost(exc)
+        session = self._session
+        if session is not None and session.done():
+            self._release()
+
+    def _release(self) -> None:
+        """Break the reference cycles a finished socket leaves (the protocol and its
+        transport, scope and websockets parser generator refer to each other), so it is
+        freed when its last reference goes rather than by a full collection of the garbage
+        collector, which at thousands of connections takes a hundred milliseconds or more
+        and ran several times per 5,000 connects."""
+        conn = self.conn
+        if conn is not None:
+            conn.parser = None  # type: ignore[assignment]  # its generator holds conn
+        self.scope = None  # type: ignore[assignment]  # holds the protocol (socket.probe)
+        self.transport = None  # type: ignore[assignment]  # uvloop's holds the protocol
+
+    def schedule_ping(self) -> None:
+        """uvicorn's next ping, on the server's ping queue instead of a timer of its own."""
+        assert self.ping_interval is not None
+        delay = max(0.0, self.ping_interval - self.last_ping_rtt)
+        self.ping_timer = self._pings.add(self.loop, delay, self)  # type: ignore[assignment]
+
+    def send_keepalive_ping(self) -> None:
+        """uvicorn's keepalive ping, with its pong deadline on the server's pong queue."""
+        self.ping_timer = None
+        if self.close_sent or self.transport.is_closing():
+            return
+        self.pending_ping_payload = struct.pack("!I", random.getrandbits(32))
+        self.ping_sent_at = self.loop.time()
+        self.conn.send_ping(self.pending_ping_payload)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        if self.ping_timeout is not None:
+            deadline = self._pongs.add(self.loop, self.ping_timeout, self)
+            self.pong_timer = deadline  # type: ignore[assignment]
+        else:
+            self.schedule_ping()
+
+    async def receive(self) -> Any:
+        """uvicorn's ``receive`` and the queue's ``get`` in one coroutine frame, not two."""
+        queue = cast(ReceiveQueue, self.queue)
+        while queue.empty():
+            await queue.arrival()
+        message = queue.get_nowait()
+        if self.read_paused and queue.empty():
+            self.read_paused = False
+            self.transport.resume_reading()
+        return message
+
+    async def send(self, message: Any) -> None:
+        """uvicorn's ``send``, with the 101 of a plain handshake written from bytes."""
+        if self._accept is not None and message["type"] == "websocket.accept":
+            await self.writable.wait()
+            self._send_101(message)
+            return
+        if self._accept is not None and message["type"] in (
+            "websocket.close",
+            "websocket.http.response.start",
+        ):
+            # A refusal: the library answers it, so it needs the response it would have made.
+            self._library_refusal()
+        await super().send(message)
+
+    def _send_101(self, message: Any) -> None:
+        key, self._accept = self._accept, None
+        if self.disconnected:
+            raise ClientDisconnected()
+        if self.logger.isEnabledFor(logging.INFO):
+            self.logger.info(
+                '%s - "WebSocket %s" [accepted]',
+                get_client_addr(self.scope),
+                get_path_with_query_string(self.scope),
+            )
+        assert key is not None  # send() checked it
+        parts = [_ACCEPTED_HEAD, b"Sec-WebSocket-Accept: ", key, b"\r\n"]
+        for name, value in (*self.default_headers, *message.get("headers", ())):
+            parts += [name.lower(), b": ", value, b"\r\n"]
+        subprotocol = message.get("subprotocol")
+        if subprotocol:
+            parts += [b"Sec-WebSocket-Protocol: ", subprotocol.encode("latin-1"), b"\r\n"]
+        parts.append(b"\r\n")
+        if not self.transport.is_closing():
+            self.handshake_complete = True
+            self.transport.write(b"".join(parts))
+            self.start_keepalive()
+
+    def _library_refusal(self) -> None:
+        """Before a plain handshake is refused: the library's protocol, still CONNECTING,
+        which uvicorn's own ``send`` asks for the refusal's bytes."""
+        self._accept = None
+        self._library_conn()
+
+    def send_500_response(self) -> None:
+        """uvicorn's 500 for a handshake the app never answered."""
+        if self._accept is not None:
+            self._library_refusal()
+        super().send_500_response()
+
+
+def _ping(protocol: FanoutWebSocketProtocol) -> None:
+    protocol.send_keepalive_ping()
+
+
+def _pong_missed(protocol: FanoutWebSocketProtocol) -> None:
+    protocol.keepalive_timeout()
+
+
+async def _scope_only(scope: Any, receive: Any, send: Any) -> None:
+    """The stub under the proxy-headers middleware: its scope changes are all we want."""
+
+
+def _run_to_completion(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine that never suspends (the middleware around :func:`_scope_only`)."""
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    coroutine.close()
+    raise RuntimeError("the proxy-headers middleware suspended")
+
+
+def _unquote(raw_path: bytes) -> str:
+    path = raw_path.decode("ascii")
+    return unquote(path) if "%" in path else path
+
+
+def use_fanout_websocket_protocol(config: Config) -> bool:
+    """Make ``config``'s server use :class:`FanoutWebSocketProtocol` if it uses uvicorn's
+    websockets-sansio protocol (the default); True if it does now."""
+    current = getattr(config, "ws_protocol_class", None)
+    fanouts = isinstance(current, type) and issubclass(current, FanoutWebSocketProtocol)
+    if not fanouts and current is not WebSocketsSansIOProtocol:
+        return False
+    # Made anew for each server start on this Config: the keepalive queues belong to a loop.
+    config.ws_protocol_class = FanoutWebSocketProtocol.for_config(config)
+    return True

@@ -1,0 +1,190 @@
+"""The lean opening handshake (app/server/websocket.py) answers as uvicorn and websockets do.
+
+A plain handshake gets its 101 written from bytes; anything else (a permessage-deflate
+offer, a bad key, a wrong version) takes the library's way, with the library's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import sys
+from typing import Any
+
+import pytest
+import websockets
+from uvicorn.config import Config
+from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
+from uvicorn.server import ServerState
+
+from app.server.websocket import (
+    FanoutWebSocketProtocol,
+    accept_key,
+    use_fanout_websocket_protocol,
+)
+from tests.support.servers import ServerProcess, StartServer
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def plain_head(key: bytes) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"host", b"127.0.0.1:8000"),
+        (b"upgrade", b"websocket"),
+        (b"connection", b"Upgrade"),
+        (b"sec-websocket-key", key),
+        (b"sec-websocket-version", b"13"),
+    ]
+
+
+def test_a_plain_valid_head_gets_the_rfc_accept_value() -> None:
+    key = base64.b64encode(os.urandom(16))
+    assert accept_key(plain_head(key)) == base64.b64encode(hashlib.sha1(key + GUID).digest())
+    # Connection may list other tokens, in any case, over several headers.
+    head = [*plain_head(key)[:2], (b"connection", b"keep-alive"), (b"connection", b" UPGRADE")]
+    assert accept_key(head + plain_head(key)[3:]) is not None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "key of 15 bytes",
+        "key not base64",
+        "version 8",
+        "no upgrade token",
+        "upgrade h2c",
+        "two keys",
+        "extension offered",
+        "no key",
+    ],
+)
+def test_anything_but_a_plain_valid_head_is_left_to_the_library(change: str) -> None:
+    head = plain_head(base64.b64encode(os.urandom(16)))
+    if change == "key of 15 bytes":
+        head[3] = (b"sec-websocket-key", base64.b64encode(os.urandom(15)))
+    elif change == "key not base64":
+        head[3] = (b"sec-websocket-key", b"!" * 24)
+    elif change == "version 8":
+        head[4] = (b"sec-websocket-version", b"8")
+    elif change == "no upgrade token":
+        head[2] = (b"connection", b"keep-alive")
+    elif change == "upgrade h2c":
+        head[1] = (b"upgrade", b"h2c")
+    elif change == "two keys":
+        head.append(head[3])
+    elif change == "extension offered":
+        head.append((b"sec-websocket-extensions", b"permessage-deflate"))
+    else:
+        del head[3]
+    assert accept_key(head) is None
+
+
+async def exchange(server: ServerProcess, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(request)
+        return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    finally:
+        writer.close()
+
+
+def request(server: ServerProcess, path: str, key: bytes, *extra: str) -> bytes:
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: 127.0.0.1:{server.port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key.decode()}",
+        "Sec-WebSocket-Version: 13",
+        *extra,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def test_the_101_carries_the_accept_value_date_server_and_chosen_subprotocol(
+    start_server: StartServer,
+) -> None:
+    server = start_server()
+    key = base64.b64encode(os.urandom(16))
+    accept = base64.b64encode(hashlib.sha1(key + GUID).digest()).decode()
+    head = (await exchange(server, request(server, "/ws/broadcast", key))).decode()
+    lines = head.split("\r\n")
+    assert lines[0] == "HTTP/1.1 101 Switching Protocols"
+    assert f"Sec-WebSocket-Accept: {accept}" in lines
+    assert "Upgrade: websocket" in lines and "Connection: Upgrade" in lines
+    assert any(line.startswith("date: ") for line in lines)
+    assert "server: uvicorn" in lines
+    assert "Sec-WebSocket-Protocol" not in head
+    offer = "Sec-WebSocket-Protocol: other, fanout.v1"
+    head = (await exchange(server, request(server, "/ws", key, offer))).decode()
+    assert "Sec-WebSocket-Protocol: fanout.v1" in head.split("\r\n")
+
+
+async def test_a_deflate_offer_is_negotiated_by_the_library_as_before(
+    start_server: StartServer,
+) -> None:
+    server = start_server()
+    async with websockets.connect(server.ws("/ws/broadcast"), compression="deflate") as ws:
+        assert ws.response is not None
+        extensions = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+        assert extensions.startswith("permessage-deflate")
+        await ws.send("x" * 200)
+        assert await asyncio.wait_for(ws.recv(), 10) == "x" * 200
+
+
+async def test_invalid_handshakes_get_the_library_answers(start_server: StartServer) -> None:
+    server = start_server()
+    bad_key = await exchange(server, request(server, "/ws/broadcast", b"c2hvcnQ="))
+    assert bad_key.startswith(b"HTTP/1.1 400 ")
+    old = request(server, "/ws/broadcast", base64.b64encode(os.urandom(16)))
+    wrong_version = await exchange(server, old.replace(b"Version: 13", b"Version: 8"))
+    assert wrong_version.startswith(b"HTTP/1.1 400 ")
+
+
+async def test_a_refused_plain_handshake_gets_its_http_status(start_server: StartServer) -> None:
+    server = start_server({"FANOUT_MAX_CONNECTIONS": "1"})
+    async with websockets.connect(server.ws("/ws/broadcast")):
+        key = base64.b64encode(os.urandom(16))
+        refused = await exchange(server, request(server, "/ws/broadcast", key))
+        assert refused.startswith(b"HTTP/1.1 503 ")
+        assert b"retry-after: 1" in refused.lower()
+
+
+async def test_under_h11_the_protocol_parses_the_head_itself(start_server: StartServer) -> None:
+    server = start_server(args=["--http", "h11"])
+    async with websockets.connect(server.ws("/ws/broadcast")) as ws:
+        await ws.send("hello")
+        assert await asyncio.wait_for(ws.recv(), 10) == "hello"
+
+
+async def _app(scope: Any, receive: Any, send: Any) -> None:
+    """An ASGI app for a Config that is never served."""
+
+
+async def test_each_protocol_keeps_its_attributes_in_a_small_shared_key_dict() -> None:
+    config = Config(app=_app, log_config=None)
+    config.load()
+    protocol_class = FanoutWebSocketProtocol.for_config(config)
+    assert protocol_class.__name__ == "FanoutWebSocketProtocol"  # what the trims look for
+    assert protocol_class.ping_interval == config.ws_ping_interval
+    state = ServerState()
+    protocols = [protocol_class(config=config, server_state=state, app_state={}) for _ in range(3)]
+    # Past about 30 keys CPython 3.11 gives every instance a 1.4 KB dict of its own.
+    assert len(vars(protocols[-1])) <= 28
+    assert sys.getsizeof(vars(protocols[-1])) < 600
+
+
+def test_only_uvicorns_default_protocol_is_replaced_and_anew_for_each_start() -> None:
+    config = Config(app=_app, log_config=None)
+    config.load()
+    assert use_fanout_websocket_protocol(config)
+    first = config.ws_protocol_class
+    assert isinstance(first, type) and issubclass(first, FanoutWebSocketProtocol)
+    assert use_fanout_websocket_protocol(config)  # a second start: fresh keepalive queues
+    assert config.ws_protocol_class is not first
+    other = Config(app=_app, log_config=None, ws="wsproto")
+    other.load()
+    assert not use_fanout_websocket_protocol(other)
+    assert other.ws_protocol_class is WSProtocol
