@@ -22,11 +22,11 @@ after the batch that announces its member (so within 100 ms): every worker that 
 a join knows the member, and tells its leave even if the member's worker dies at once.
 The leave of a departure is sent by the worker that stamped it last, ``(wall time,
 worker id)``, so two workers whose last clients of a user left at nearly the same time
-do not both send it; that worker then tells the others (a ``left`` op), and a worker
-holding a client of that user the sender had not heard of yet answers with a ``join``:
-the subscribers' view ends up right. The members of a worker that died (or stopped) are
-handled by every other worker for its own subscribers only, after the grace: nobody is
-left to send them for everyone.
+do not both send it; that worker then tells the others (a ``left`` op, sent after the
+leave itself), and a worker holding a client of that user the sender had not heard of yet
+answers with a ``join``: the subscribers' view ends up right. The members of a worker
+that died (or stopped) are handled by every other worker for its own subscribers only,
+after the grace: nobody is left to send them for everyone.
 """
 
 from __future__ import annotations
@@ -150,6 +150,9 @@ class PresenceService:
         self._ops: list[Op] = []
         self._events: list[tuple[str, Message]] = []
         """Events this worker sends, waiting for the batch that announces their changes."""
+        self._lefts: list[Op] = []
+        """``left`` ops, waiting for the leaves they tell of to be sent (at most
+        MAX_BATCH_OPS; past it the others forget those departures after their recheck)."""
         self._overflowed = False
         self._digest_due = True
         self._next_digest = 0.0
@@ -211,6 +214,15 @@ class PresenceService:
             events, self._events = self._events, []
             for channel, event in events:
                 self._publish_event(channel, event)
+        if self._lefts:
+            # After the leaves they tell of, on the same backend, in a batch of their own. A
+            # worker answers a ``left`` with the join of its client of that user: had the
+            # op come first, that join could go out before the leave reached the worker's
+            # subscribers (its tick between the two messages), who would then see the
+            # join, and the leave last: a member they take for gone (the join twice, for
+            # a client that had joined already).
+            lefts, self._lefts = self._lefts, []
+            self._send(encode(Delta(self.worker_id, self._boot, next(self._seq), lefts)))
         for worker_id in [w for w, o in self._origins.items() if now - o.heard > self.expiry]:
             logger.warning(
                 "presence: worker %s silent for %g s; its %d member(s) dropped",
@@ -467,7 +479,8 @@ class PresenceService:
             if owner == self.worker_id:
                 del self._departures[key]
                 self._events.append((channel, _event(encode_leave, channel, member)))
-                self._op(Left(channel, member.user, departure.stamp[0], owner))
+                if len(self._lefts) < MAX_BATCH_OPS:
+                    self._lefts.append(Left(channel, member.user, departure.stamp[0], owner))
             elif owner in self._origins:
                 # Its worker sends the leave and says so (a ``left`` op). Should that never
                 # come (its batch was dropped), stop waiting after an expiry's time.
