@@ -442,3 +442,24 @@ def test_a_join_answering_a_left_op_never_overtakes_the_leave_it_answers() -> No
         ("join", "alice", "b-1"),
     ]
     assert w.events[0] == w.events[1]
+
+
+def test_a_left_op_about_a_join_still_to_be_sent_adds_no_second_join() -> None:
+    # Worker 1 never heard of alice's first client (it came up after she left), so its new
+    # client of alice is a first: a join, still waiting for its tick when worker 0's leave
+    # and ``left`` op arrive. That join goes out after the leave already; once is enough.
+    w = Wire()
+    a, b = w.services
+    a.joined("room.1", "a-1", user("alice"))
+    a.left("room.1", "a-1")
+    a.tick()
+    w.streams[0] = []  # worker 1 is not up yet
+    w.advance(4.9)
+    b.joined("room.1", "b-1", user("alice"))
+    w.step(0.3)
+    a.tick()  # the grace ends: the leave (and the ``left`` op) are due
+    a.tick()  # ... and sent
+    while w.streams[0]:
+        w.read_one(0)
+    w.advance(1.0)
+    assert w.events[1] == [("leave", "alice", "a-1"), ("join", "alice", "b-1")]

@@ -150,6 +150,8 @@ class PresenceService:
         self._ops: list[Op] = []
         self._events: list[tuple[str, Message]] = []
         """Events this worker sends, waiting for the batch that announces their changes."""
+        self._joining: set[tuple[str, str]] = set()
+        """(channel, client) of the joins among ``_events``."""
         self._lefts: list[Op] = []
         """``left`` ops, waiting for the leaves they tell of to be sent (at most
         MAX_BATCH_OPS; past it the others forget those departures after their recheck)."""
@@ -212,6 +214,7 @@ class PresenceService:
             # sees a join, every worker knows the member, and can tell its leave. Leaves
             # wait too, so a client's join and leave always go out in that order.
             events, self._events = self._events, []
+            self._joining.clear()
             for channel, event in events:
                 self._publish_event(channel, event)
         if self._lefts:
@@ -260,7 +263,7 @@ class PresenceService:
             return
         self._op(Add(channel, client, user, msgspec.Raw(info)))
         if rule.join_leave and first:
-            self._events.append((channel, _event(encode_join, channel, member)))
+            self._join(channel, member)
 
     def left(self, channel: str, client: str) -> None:
         """``client`` is no longer subscribed to ``channel`` (unsub, or its socket closed)."""
@@ -421,7 +424,11 @@ class PresenceService:
             return
         holders = sorted(self.table.holders(op.ch, op.user), key=lambda h: h[0])
         if holders and holders[0][0] == self.worker_id:
-            self._events.append((op.ch, _event(encode_join, op.ch, holders[0][1])))
+            member = holders[0][1]
+            # A join of it still waiting for the tick goes out after the leave already: a
+            # second one would be the same join twice.
+            if (op.ch, member.client) not in self._joining:
+                self._join(op.ch, member)
 
     def _gone(self, worker_id: str, *, forever: bool = False) -> None:
         """``worker_id`` died, restarted or stopped (``forever``), or went silent: drop its
@@ -493,6 +500,10 @@ class PresenceService:
                 self._deliver_event(channel, _event(encode_leave, channel, member))
 
     # -- sending ----------------------------------------------------------------------------
+
+    def _join(self, channel: str, member: Member) -> None:
+        self._events.append((channel, _event(encode_join, channel, member)))
+        self._joining.add((channel, member.client))
 
     def _op(self, op: Op) -> None:
         if self._overflowed:
