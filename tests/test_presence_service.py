@@ -346,3 +346,120 @@ def test_a_join_and_a_leave_within_one_batch_go_out_in_that_order() -> None:
     a.left("room.1", "a-9")
     c.advance(0.1)
     assert c.events[1] == [("join", "", "a-9"), ("leave", "", "a-9")]
+
+
+class Wire:
+    """Two workers joined as Redis joins them: each worker's control messages and events go
+    out in one stream, in the order it sent them, and the test hands them over one at a
+    time, so a worker can tick between two messages of the other's stream."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.wall = 1_700_000_000.0
+        self.events: list[list[tuple[str, str, str]]] = [[], []]
+        """What a fanout.v1 subscriber on each worker gets, in order."""
+        self.streams: list[list[tuple[str, Message]]] = [[], []]
+        """Per sender, what it sent and the other has not read yet: ("control", message) or
+        ("event", message)."""
+        self.services = [self._service(i) for i in (0, 1)]
+        for i in (0, 1):
+            self.services[i].tick()
+        self.read_all()
+
+    def _service(self, i: int) -> PresenceService:
+        def publish_event(channel: str, message: Message) -> None:
+            self.events[i].append(_event(message))
+            self.streams[i].append(("event", message))
+
+        return PresenceService(
+            worker_id=f"host:{i}",
+            rules=RULES,
+            interval=1.0,
+            expiry=EXPIRY,
+            max_members=100,
+            max_clients=100,
+            publish_control=lambda message: self.streams[i].append(("control", message)),
+            publish_event=publish_event,
+            deliver_event=lambda channel, message: self.events[i].append(_event(message)),
+            clock=lambda: self.now,
+            wall=lambda: self.wall,
+        )
+
+    def read_one(self, sender: int) -> None:
+        """The other worker reads the next message ``sender`` sent."""
+        kind, message = self.streams[sender].pop(0)
+        reader = 1 - sender
+        if kind == "control":
+            self.services[reader].receive(message)
+        else:
+            self.events[reader].append(_event(message))
+
+    def read_all(self) -> None:
+        for sender in (0, 1):
+            while self.streams[sender]:
+                self.read_one(sender)
+
+    def advance(self, seconds: float) -> None:
+        """Both tick every 0.1 s and read everything sent, for ``seconds``."""
+        end = self.now + seconds
+        while self.now < end - 1e-9:
+            self.step(0.1)
+            for service in self.services:
+                service.tick()
+            self.read_all()
+
+    def step(self, seconds: float) -> None:
+        self.now += seconds
+        self.wall += seconds
+
+
+def test_a_join_answering_a_left_op_never_overtakes_the_leave_it_answers() -> None:
+    # Worker 0 sends alice's leave (its departure, the latest) while worker 1 already holds
+    # a new client of alice that worker 0 has not heard of: worker 1 answers the ``left`` op
+    # with her join. Worker 1 ticks between any two messages of worker 0's stream (a loaded
+    # machine), yet its subscribers see the leave before that join: alice is present.
+    w = Wire()
+    a, b = w.services
+    a.joined("room.1", "a-1", user("alice"))
+    w.advance(0.2)
+    a.left("room.1", "a-1")
+    w.advance(4.8)
+    b.joined("room.1", "b-1", user("alice"))  # within the grace on b: no join yet
+    b.tick()
+    held = w.streams[1]  # b's add reaches a only after a's grace ended
+    w.streams[1] = []
+    w.step(0.3)
+    a.tick()  # the grace ends: the leave (and the ``left`` op) are due
+    a.tick()  # ... and sent
+    while w.streams[0]:
+        w.read_one(0)
+        b.tick()  # b's timer fires before it reads the next message
+    w.streams[1] = held + w.streams[1]
+    w.advance(1.0)
+    assert w.events[1] == [
+        ("join", "alice", "a-1"),
+        ("leave", "alice", "a-1"),
+        ("join", "alice", "b-1"),
+    ]
+    assert w.events[0] == w.events[1]
+
+
+def test_a_left_op_about_a_join_still_to_be_sent_adds_no_second_join() -> None:
+    # Worker 1 never heard of alice's first client (it came up after she left), so its new
+    # client of alice is a first: a join, still waiting for its tick when worker 0's leave
+    # and ``left`` op arrive. That join goes out after the leave already; once is enough.
+    w = Wire()
+    a, b = w.services
+    a.joined("room.1", "a-1", user("alice"))
+    a.left("room.1", "a-1")
+    a.tick()
+    w.streams[0] = []  # worker 1 is not up yet
+    w.advance(4.9)
+    b.joined("room.1", "b-1", user("alice"))
+    w.step(0.3)
+    a.tick()  # the grace ends: the leave (and the ``left`` op) are due
+    a.tick()  # ... and sent
+    while w.streams[0]:
+        w.read_one(0)
+    w.advance(1.0)
+    assert w.events[1] == [("leave", "alice", "a-1"), ("join", "alice", "b-1")]

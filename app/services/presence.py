@@ -22,11 +22,11 @@ after the batch that announces its member (so within 100 ms): every worker that 
 a join knows the member, and tells its leave even if the member's worker dies at once.
 The leave of a departure is sent by the worker that stamped it last, ``(wall time,
 worker id)``, so two workers whose last clients of a user left at nearly the same time
-do not both send it; that worker then tells the others (a ``left`` op), and a worker
-holding a client of that user the sender had not heard of yet answers with a ``join``:
-the subscribers' view ends up right. The members of a worker that died (or stopped) are
-handled by every other worker for its own subscribers only, after the grace: nobody is
-left to send them for everyone.
+do not both send it; that worker then tells the others (a ``left`` op, sent after the
+leave itself), and a worker holding a client of that user the sender had not heard of yet
+answers with a ``join``: the subscribers' view ends up right. The members of a worker
+that died (or stopped) are handled by every other worker for its own subscribers only,
+after the grace: nobody is left to send them for everyone.
 """
 
 from __future__ import annotations
@@ -150,6 +150,11 @@ class PresenceService:
         self._ops: list[Op] = []
         self._events: list[tuple[str, Message]] = []
         """Events this worker sends, waiting for the batch that announces their changes."""
+        self._joining: set[tuple[str, str]] = set()
+        """(channel, client) of the joins among ``_events``."""
+        self._lefts: list[Op] = []
+        """``left`` ops, waiting for the leaves they tell of to be sent (at most
+        MAX_BATCH_OPS; past it the others forget those departures after their recheck)."""
         self._overflowed = False
         self._digest_due = True
         self._next_digest = 0.0
@@ -209,8 +214,18 @@ class PresenceService:
             # sees a join, every worker knows the member, and can tell its leave. Leaves
             # wait too, so a client's join and leave always go out in that order.
             events, self._events = self._events, []
+            self._joining.clear()
             for channel, event in events:
                 self._publish_event(channel, event)
+        if self._lefts:
+            # After the leaves they tell of, on the same backend, in a batch of their own. A
+            # worker answers a ``left`` with the join of its client of that user: had the
+            # op come first, that join could go out before the leave reached the worker's
+            # subscribers (its tick between the two messages), who would then see the
+            # join, and the leave last: a member they take for gone (the join twice, for
+            # a client that had joined already).
+            lefts, self._lefts = self._lefts, []
+            self._send(encode(Delta(self.worker_id, self._boot, next(self._seq), lefts)))
         for worker_id in [w for w, o in self._origins.items() if now - o.heard > self.expiry]:
             logger.warning(
                 "presence: worker %s silent for %g s; its %d member(s) dropped",
@@ -248,7 +263,7 @@ class PresenceService:
             return
         self._op(Add(channel, client, user, msgspec.Raw(info)))
         if rule.join_leave and first:
-            self._events.append((channel, _event(encode_join, channel, member)))
+            self._join(channel, member)
 
     def left(self, channel: str, client: str) -> None:
         """``client`` is no longer subscribed to ``channel`` (unsub, or its socket closed)."""
@@ -409,7 +424,11 @@ class PresenceService:
             return
         holders = sorted(self.table.holders(op.ch, op.user), key=lambda h: h[0])
         if holders and holders[0][0] == self.worker_id:
-            self._events.append((op.ch, _event(encode_join, op.ch, holders[0][1])))
+            member = holders[0][1]
+            # A join of it still waiting for the tick goes out after the leave already: a
+            # second one would be the same join twice.
+            if (op.ch, member.client) not in self._joining:
+                self._join(op.ch, member)
 
     def _gone(self, worker_id: str, *, forever: bool = False) -> None:
         """``worker_id`` died, restarted or stopped (``forever``), or went silent: drop its
@@ -467,7 +486,8 @@ class PresenceService:
             if owner == self.worker_id:
                 del self._departures[key]
                 self._events.append((channel, _event(encode_leave, channel, member)))
-                self._op(Left(channel, member.user, departure.stamp[0], owner))
+                if len(self._lefts) < MAX_BATCH_OPS:
+                    self._lefts.append(Left(channel, member.user, departure.stamp[0], owner))
             elif owner in self._origins:
                 # Its worker sends the leave and says so (a ``left`` op). Should that never
                 # come (its batch was dropped), stop waiting after an expiry's time.
@@ -480,6 +500,10 @@ class PresenceService:
                 self._deliver_event(channel, _event(encode_leave, channel, member))
 
     # -- sending ----------------------------------------------------------------------------
+
+    def _join(self, channel: str, member: Member) -> None:
+        self._events.append((channel, _event(encode_join, channel, member)))
+        self._joining.add((channel, member.client))
 
     def _op(self, op: Op) -> None:
         if self._overflowed:

@@ -27,6 +27,8 @@ class RedisServer:
         self.binary = binary
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started = False
+        """Whether it has listened once (a restart keeps the port)."""
         OUTPUT.mkdir(exist_ok=True)
         self.log_path: Path = OUTPUT / f"redis-{self.port}.log"
 
@@ -36,7 +38,24 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
-        """Start (or restart, on the same port) and wait until it answers PING; returns self."""
+        """Start (or restart, on the same port) and wait until it answers PING; returns self.
+
+        A first start whose port was taken meanwhile (free_port() only finds a port free
+        at that moment) moves to another port: the PING must come from this process, not
+        from another redis-server on the port (another test run's), whose clients would
+        then share this test's channels.
+        """
+        for _ in range(3):
+            if self._start(timeout):
+                return self
+            if self.started:
+                break  # a restart keeps its port: the clients reconnect to it
+            self.port = free_port()
+            self.log_path = OUTPUT / f"redis-{self.port}.log"
+        raise RuntimeError(f"redis-server could not listen on port {self.port}")
+
+    def _start(self, timeout: float) -> bool:
+        """False when the process exited because another process holds the port."""
         cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
         cmd += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
         with open(self.log_path, "ab") as log:
@@ -44,9 +63,12 @@ class RedisServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if "address already in use" in self.log_path.read_text().lower():
+                    return False
                 raise RuntimeError(f"redis-server exited: {self.log_path.read_text()}")
-            if self.ping():
-                return self
+            if self.pid_answering() == self.proc.pid:
+                self.started = True
+                return True
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"redis-server not ready in {timeout}s")
@@ -59,6 +81,26 @@ class RedisServer:
                 return s.recv(16).startswith(b"+PONG")
         except OSError:
             return False
+
+    def pid_answering(self) -> int | None:
+        """The process id of the redis-server answering on the port, None if none answers."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"INFO server\r\n")
+                reply = b""
+                while (
+                    b"process_id:" not in reply or b"\r\n" not in reply.partition(b"process_id:")[2]
+                ):
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    reply += chunk
+        except OSError:
+            return None
+        for line in reply.split(b"\r\n"):
+            if line.startswith(b"process_id:"):
+                return int(line.partition(b":")[2])
+        return None
 
     def kill(self) -> None:
         """SIGKILL by PID: Redis vanishes as it would in a crash."""
