@@ -213,13 +213,19 @@ async function publishAll(url, channel, values) {
   return acks;
 }
 
+/** A client subscribed to the history channel `channel`, and what it receives: [offset, data]. */
+async function historyReader(url, channel) {
+  const reader = await connected(url);
+  const [sub, first] = await subscribed(reader, channel);
+  const got = [];
+  sub.on("publication", (p) => got.push([p.offset, p.data]));
+  return { reader, sub, first, got };
+}
+
 test("history file: a client away while the server is killed and restarted recovers what was published meanwhile, once each", async () => {
   const [server, dir] = await historyServer();
   try {
-    const reader = await connected(server.url);
-    const [sub, first] = await subscribed(reader, "hist.restart");
-    const got = [];
-    sub.on("publication", (p) => got.push([p.offset, p.data]));
+    const { reader, sub, first, got } = await historyReader(server.url, "hist.restart");
     const before = await publishAll(server.url, "hist.restart", [1, 2, 3]);
     assert.deepEqual(before.map((a) => a.epoch), [first.epoch, first.epoch, first.epoch]);
     await until(() => got.length === 3, "the first three publications");
@@ -251,10 +257,7 @@ test("history file: a client away while the server is killed and restarted recov
 test("history file: a client that stays on reconnects by itself after a SIGKILL and a restart, recovered in the same epoch", async () => {
   const [server, dir] = await historyServer();
   try {
-    const reader = await connected(server.url);
-    const [sub, first] = await subscribed(reader, "hist.restart");
-    const got = [];
-    sub.on("publication", (p) => got.push([p.offset, p.data]));
+    const { reader, sub, first, got } = await historyReader(server.url, "hist.restart");
     await publishAll(server.url, "hist.restart", [1, 2]);
     await until(() => got.length === 2, "the first two publications");
     const drops = [];
