@@ -87,6 +87,10 @@ class Settings:
     loggers alike."""
     gc_freeze: bool = True
     """Move start-up objects out of the garbage collector's reach (shorter GC pauses)."""
+    gc_threshold: str = ""
+    """The garbage collector's thresholds, ``gc.set_threshold``'s 1 to 3 whole numbers comma
+    separated (``"50000,20,10"``), set in each worker at start-up; empty (the default) keeps
+    Python's (700,10,10). docs/benchmarks.md, "Issue 14: garbage collector thresholds"."""
     direct_writes: bool = True
     """Write prepared frames straight to uvicorn's transport where it is safe (the fast
     path); false sends every message through plain ASGI."""
@@ -257,6 +261,7 @@ class Settings:
             )
         if self.log_format.lower() not in LOG_FORMATS:
             raise SettingsError("log_format", self.log_format, "expected text or json")
+        self.gc_thresholds()  # refuses a malformed FANOUT_GC_THRESHOLD at start-up
         self._validate_backend()
         self._validate_tokens()
         if self.history_file and urlsplit(self.backend).scheme in ("memory", "local"):
@@ -273,6 +278,16 @@ class Settings:
             )
         if self.local_dir and urlsplit(self.backend).scheme == "local":
             _check_local_dir(self.local_dir, self.local_group)
+
+    def gc_thresholds(self) -> tuple[int, ...] | None:
+        """FANOUT_GC_THRESHOLD as ``gc.set_threshold``'s arguments; None where it is empty."""
+        if not self.gc_threshold.strip():
+            return None
+        parts = [p.strip().replace("_", "") for p in self.gc_threshold.split(",")]
+        expected = "expected 1 to 3 whole numbers >= 0, comma separated (e.g. 50000,20,10)"
+        if not 1 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
+            raise SettingsError("gc_threshold", self.gc_threshold, expected)
+        return tuple(int(p) for p in parts)
 
     def _validate_backend(self) -> None:
         scheme = urlsplit(self.backend).scheme

@@ -54,6 +54,11 @@ def create_app(settings: Settings | None = None) -> FanoutApp:
             # collection so full collections, which pause the loop, scan less.
             gc.collect()
             gc.freeze()
+        thresholds = settings.gc_thresholds()
+        if thresholds is not None:
+            # Fewer collections for connection churn: each handshake leaves cycles and
+            # promotes objects (docs/benchmarks.md, "Issue 14: garbage collector thresholds").
+            gc.set_threshold(*thresholds)
         try:
             # The lifespan state reaches uvicorn's protocols (app/server/http.py), which
             # close a connection whose request head is not in within the timeout.
