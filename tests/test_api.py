@@ -19,7 +19,7 @@ import websockets
 from tests.support.clients import assert_still_serving
 from tests.support.redis_server import RedisServer
 from tests.support.servers import ServerProcess, StartServer
-from tests.support.stats import fetch_stats
+from tests.support.stats import fetch_stats, workers_linked
 from tests.support.waiting import eventually
 
 Client = websockets.ClientConnection
@@ -319,12 +319,7 @@ async def test_idempotency_key_publishes_once_across_the_workers_of_a_host(
 ) -> None:
     env = {"FANOUT_API_KEYS": KEYS, "FANOUT_LOCAL_DIR": str(local_dir), **FAST}
     server = start_server(env=env, args=["--workers", "2"])
-
-    async def mesh_complete() -> bool:
-        workers = (await fetch_stats(server))["workers"]
-        return len(workers) == 2 and all(w["backend"]["peers"] == 1 for w in workers)
-
-    assert await eventually(mesh_complete, within=20)
+    assert await eventually(lambda: workers_linked(server, 2), within=20)
     channel = unique("workers")
     key = unique("key")
     pids: set[int] = set()

@@ -18,6 +18,7 @@ import redis
 from tests.support.protocol import V1Client, v1_client
 from tests.support.redis_server import RedisServer
 from tests.support.servers import ServerProcess, StartServer
+from tests.support.stats import workers_linked
 from tests.support.waiting import eventually
 
 RULES = """
@@ -110,9 +111,11 @@ async def test_a_client_recovers_exactly_what_it_missed_then_live_ones(
 
 async def test_recovery_on_another_worker(start_server: StartServer, rules_file: Path) -> None:
     server = start_server(_env(rules_file), args=["--workers", "2"])
+    # /healthz answers once one worker serves; the other may still be starting.
+    assert await eventually(lambda: workers_linked(server, 2), within=20)
     async with AsyncExitStack() as stack:
         seen: dict[str, V1Client] = {}
-        for _ in range(60):
+        for _ in range(200):
             client = await stack.enter_async_context(v1_client(server))
             worker = (await client.call("connect"))["res"]["client"].rsplit("-", 1)[0]
             seen.setdefault(worker, client)

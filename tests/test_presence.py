@@ -25,7 +25,7 @@ from tests.support.metrics import scrape
 from tests.support.protocol import V1Client, v1_client
 from tests.support.redis_server import RedisServer
 from tests.support.servers import ServerProcess, StartServer
-from tests.support.stats import fetch_stats
+from tests.support.stats import fetch_stats, workers_linked
 from tests.support.tokens import SECRET, connection_token
 from tests.support.waiting import eventually
 
@@ -152,13 +152,6 @@ async def members_are(client: V1Client, channel: str, expected: dict[str, str]) 
     return {c: v["user"] for c, v in clients.items()} == expected
 
 
-async def mesh(server: ServerProcess, workers: int) -> bool:
-    stats = await fetch_stats(server)
-    return len(stats["workers"]) == workers and all(
-        w["backend"].get("peers", workers - 1) == workers - 1 for w in stats["workers"]
-    )
-
-
 def cluster_log(members: list[Member]) -> str:
     """What the members' servers logged about presence and their backend (a worker
     dropped as silent and heard again, an outage): the context of an unexpected event."""
@@ -238,7 +231,7 @@ async def test_join_leave_and_grace_across_three_workers(
     start_server: StartServer, tmp_path: Path
 ) -> None:
     server = start_server(env=env_for(tmp_path, **SLACK), args=["--workers", "3"])
-    assert await eventually(lambda: mesh(server, 3), within=20)
+    assert await eventually(lambda: workers_linked(server, 3), within=20)
     async with AsyncExitStack() as stack:
         members = await one_per_worker(stack, server, 3, "w")
         assert len({m.worker for m in members}) == 3
@@ -250,7 +243,7 @@ async def test_join_leave_and_grace_across_two_hosts_on_one_redis(
 ) -> None:
     env = env_for(tmp_path, FANOUT_BACKEND=redis_server.url, **SLACK)
     a, b = start_server(env=env), start_server(env=env)
-    assert await eventually(lambda: mesh(a, 2), within=20)
+    assert await eventually(lambda: workers_linked(a, 2), within=20)
     async with AsyncExitStack() as stack:
         members = [
             await join(stack, a, "h0"),
@@ -265,7 +258,7 @@ async def test_a_killed_workers_members_are_gone_within_the_expiry(
     start_server: StartServer, tmp_path: Path
 ) -> None:
     server = start_server(env=env_for(tmp_path), args=["--workers", "3"])
-    assert await eventually(lambda: mesh(server, 3), within=20)
+    assert await eventually(lambda: workers_linked(server, 3), within=20)
     async with AsyncExitStack() as stack:
         members = await one_per_worker(stack, server, 3, "k")
         pids: dict[str, int] = {}
@@ -305,7 +298,7 @@ async def test_a_killed_workers_user_gets_a_leave_after_the_expiry_and_the_grace
     start_server: StartServer, tmp_path: Path
 ) -> None:
     server = start_server(env=env_for(tmp_path), args=["--workers", "2"])
-    assert await eventually(lambda: mesh(server, 2), within=20)
+    assert await eventually(lambda: workers_linked(server, 2), within=20)
     async with AsyncExitStack() as stack:
         victim, survivor = await one_per_worker(stack, server, 2, "d")
         await survivor.client.subscribe("room.dead")
@@ -417,7 +410,7 @@ async def test_stats_and_metrics_count_presence_members_per_worker(
     start_server: StartServer, tmp_path: Path
 ) -> None:
     server = start_server(env=env_for(tmp_path), args=["--workers", "2"])
-    assert await eventually(lambda: mesh(server, 2), within=20)
+    assert await eventually(lambda: workers_linked(server, 2), within=20)
     async with AsyncExitStack() as stack:
         members = await one_per_worker(stack, server, 2, "m")
         for member in members:

@@ -18,6 +18,15 @@ async def fetch_stats(server: ServerProcess) -> dict[str, Any]:
         return result
 
 
+async def workers_linked(server: ServerProcess, workers: int) -> bool:
+    """Whether /stats lists ``workers`` workers, each linked to every other one (local://;
+    a backend without links, Redis, reports no ``peers``)."""
+    listed = (await fetch_stats(server))["workers"]
+    return len(listed) == workers and all(
+        w["backend"].get("peers", workers - 1) == workers - 1 for w in listed
+    )
+
+
 async def total_is(server: ServerProcess, expected: int) -> bool:
     """Whether /stats counts exactly ``expected`` open connections."""
     return bool((await fetch_stats(server))["connections"]["total"] == expected)
