@@ -47,8 +47,10 @@ class HandshakeDeadline(NamedTuple):
     """Called with the peer (``host:port``) and ``timeout`` after the connection is closed."""
 
 
-class _HeadTimer:
-    """The timer both protocols share: armed, cancelled, and what happens when it fires."""
+class _HeadTimer(asyncio.Protocol):
+    """The timer both protocols share: armed when a connection is made, cancelled when a
+    head is complete or the connection is lost, and what happens when it fires. First in
+    each protocol's bases, so its connection callbacks wrap uvicorn's."""
 
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
@@ -56,6 +58,15 @@ class _HeadTimer:
     client: tuple[str, int] | None
     _head_timer: asyncio.TimerHandle | None = None
     _deadline: HandshakeDeadline | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._deadline = self.app_state.get(DEADLINE_KEY)
+        self._arm_head_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_complete()
+        super().connection_lost(exc)
 
     def _arm_head_deadline(self) -> None:
         deadline = self._deadline
@@ -84,15 +95,6 @@ class _HeadTimer:
 class FanoutHttpToolsProtocol(_HeadTimer, HttpToolsProtocol):
     """uvicorn's httptools protocol with a deadline for each request's head."""
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._deadline = self.app_state.get(DEADLINE_KEY)
-        self._arm_head_deadline()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._head_complete()
-        super().connection_lost(exc)
-
     def on_headers_complete(self) -> None:
         self._head_complete()
         super().on_headers_complete()
@@ -120,15 +122,6 @@ class FanoutHttpToolsProtocol(_HeadTimer, HttpToolsProtocol):
 
 class FanoutH11Protocol(_HeadTimer, H11Protocol):
     """uvicorn's h11 protocol with a deadline for each request's head."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._deadline = self.app_state.get(DEADLINE_KEY)
-        self._arm_head_deadline()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._head_complete()
-        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
