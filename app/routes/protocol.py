@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from starlette.routing import WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from app.routes.context import node_of, settings_of
-from app.routes.session import V1_ENDPOINT, YIELD_EVERY, accept, admit, deny
-from app.services.close_codes import CloseCode
+from app.routes.events import EventSession, serve
+from app.routes.session import V1_ENDPOINT, admit, deny
+from app.server.socket import ServerSocket
+from app.services.connection import Connection
 from app.services.protocol.session import ProtocolSession
 
 SUBPROTOCOL = "fanout.v1"
@@ -54,34 +55,41 @@ async def fanout_v1(websocket: WebSocket) -> None:
         max_message_bytes=settings.max_message_bytes,
         publish_limit=node_of(websocket).publish_limit,
     )
-    code: int = CloseCode.NO_STATUS
-    unyielded = 0
-    try:
-        # A client that asked in the query string did not offer the subprotocol: naming it
-        # in the answer would fail its handshake.
-        receive = await accept(websocket, conn, SUBPROTOCOL if asked == "header" else None)
-        while True:
-            event: Any = await receive()
-            if event["type"] == "websocket.disconnect":
-                code = event.get("code", CloseCode.NO_STATUS)
-                break
-            text = event.get("text")
-            if text is not None:
-                closing = session.on_text(text, _utf8_size(text, settings.max_message_bytes))
-            else:
-                closing = session.on_binary(event["bytes"])
-            if closing is not None:
-                code = closing
-                break
-            unyielded += 1
-            if unyielded == YIELD_EVERY:
-                unyielded = 0
-                await asyncio.sleep(0)
-    except WebSocketDisconnect as exc:
-        code = exc.code
-    finally:
-        await session.aclose()
-        await service.disconnect(conn, code)
+    # A client that asked in the query string did not offer the subprotocol: naming it
+    # in the answer would fail its handshake.
+    chosen = SUBPROTOCOL if asked == "header" else None
+    await serve(V1Session(websocket, conn, session, settings.max_message_bytes), websocket, chosen)
+
+
+class V1Session(EventSession):
+    """The socket side of a fanout.v1 session: frames to the :class:`ProtocolSession`."""
+
+    __slots__ = ("_max_bytes", "_protocol", "_service")
+
+    def __init__(
+        self, websocket: WebSocket, conn: Connection, protocol: ProtocolSession, max_bytes: int
+    ) -> None:
+        super().__init__(conn, ServerSocket(websocket.scope))
+        self._protocol = protocol
+        self._max_bytes = max_bytes
+        self._service = node_of(websocket).broadcast
+
+    def handle(self, event: Any) -> bool:
+        """One frame of commands; False (and :attr:`code`) when the session closes."""
+        text = event.get("text")
+        if text is not None:
+            closing = self._protocol.on_text(text, _utf8_size(text, self._max_bytes))
+        else:
+            closing = self._protocol.on_binary(event["bytes"])
+        if closing is None:
+            return True
+        self.code = closing
+        return False
+
+    async def finish(self) -> None:
+        """Release the subscriptions and commands, then unregister."""
+        await self._protocol.aclose()
+        await self._service.disconnect(self.conn, self.code)
 
 
 def _utf8_size(text: str, limit: int) -> int:

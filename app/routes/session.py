@@ -8,10 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 from starlette.responses import JSONResponse
-from starlette.types import Receive
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from app.routes.context import node_of, settings_of, stats_service
+from app.routes.events import EventSession, serve
 from app.server.socket import ServerSocket
 from app.services.broadcast import BroadcastService, peer_of
 from app.services.close_codes import CloseCode
@@ -30,14 +30,6 @@ DRAINING = "draining"
 
 V1_ENDPOINT = "ws"
 """The endpoint name of ``WS /ws`` (fanout.v1), whose refusals use its error shape."""
-
-YIELD_EVERY = 32
-"""Messages handled before the receive loop lets the writers run.
-
-uvicorn parses every frame of a socket read at once (up to 256 KiB with uvloop, thousands
-of small messages) and ``receive`` then returns them without suspending; without a pause
-the fan-out would fill every healthy client's outbox before any writer ran.
-"""
 
 
 async def deny(
@@ -154,12 +146,93 @@ def expire_at_exp(conn: Connection, identity: Identity | None) -> asyncio.TimerH
     )
 
 
-async def accept(websocket: WebSocket, conn: Connection, subprotocol: str | None = None) -> Receive:
-    """Complete the handshake and start delivering; returns the receive to loop on."""
-    await websocket.accept(subprotocol)
-    conn.accepted(websocket.scope)
-    # After accept, Starlette's receive only adds state checks the loop does not need.
-    return ServerSocket.receive_of(websocket.scope, websocket.receive)
+class RawSession(EventSession):
+    """A raw socket's session: each message the client sends goes to ``on_message``,
+    within the size limit, the channel's rules and the publish rate."""
+
+    __slots__ = (
+        "_bucket",
+        "_expiry",
+        "_forbidden",
+        "_kept",
+        "_limit",
+        "_on_message",
+        "_publish_limit",
+        "_retention",
+        "_service",
+        "channel",
+    )
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        conn: Connection,
+        identity: Identity | None,
+        channel: str | None,
+        on_message: OnMessage,
+    ) -> None:
+        super().__init__(conn, ServerSocket(websocket.scope))
+        node = node_of(websocket)
+        self._service = node.broadcast
+        self._on_message = on_message
+        self._limit = settings_of(websocket).max_message_bytes
+        self._publish_limit = node.publish_limit
+        self._bucket = self._publish_limit.bucket()  # None when there is no limit
+        self.channel = channel
+        # Rules never change at run time: decided once, acted on at the first message.
+        self._forbidden = (
+            node.auth.may_publish(identity, channel, subscribed=True)
+            if channel is not None
+            else None
+        )
+        self._expiry = expire_at_exp(conn, identity)
+        # A history channel's publications are numbered by the store, in the order sent.
+        self._retention = node.history.retention(channel) if channel is not None else None
+        self._kept = OrderedPublisher(node.history) if self._retention is not None else None
+
+    def handle(self, event: Any) -> bool:
+        """One message from the client; False (and :attr:`code`) when it ends the session."""
+        conn = self.conn
+        text = event.get("text")
+        message = (
+            Message.from_text(text) if text is not None else Message.from_bytes(event["bytes"])
+        )
+        if message.size > self._limit:
+            self.code = CloseCode.MESSAGE_TOO_BIG
+            conn.close(self.code, f"message of {message.size} bytes exceeds {self._limit}")
+            return False
+        forbidden = self._forbidden
+        if forbidden is not None:
+            self.code = CloseCode.FORBIDDEN
+            conn.close(self.code, forbidden.message)
+            return False
+        bucket = self._bucket
+        stats = self._service.stats
+        if bucket is None or bucket.take():
+            stats.received()
+            kept = self._kept
+            if kept is None:
+                self._on_message(self._service, conn, message)
+            elif not kept.offer(self.channel, message, self._retention):  # type: ignore[arg-type]
+                self.code = CloseCode.SLOW_CONSUMER  # publishing faster than history keeps
+                conn.close(self.code, "publishing faster than the history store")
+                return False
+        elif bucket.exhausted:  # dropped, and the client keeps at it: closed
+            self.code = CloseCode.RATE_LIMITED
+            stats.rate_limited(conn, closing_over=self._publish_limit.describe())
+            conn.close(self.code, RATE_LIMITED_REASON)
+            return False
+        else:  # over the publish rate: dropped and counted
+            stats.rate_limited(conn)
+        return True
+
+    async def finish(self) -> None:
+        """Stop the token's expiry timer, flush the history publisher, unregister."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self._kept is not None:
+            await self._kept.aclose()
+        await self._service.disconnect(self.conn, self.code)
 
 
 async def run_session(
@@ -170,65 +243,4 @@ async def run_session(
     if admitted is None:
         return
     conn, identity = admitted
-    node = node_of(websocket)
-    service = node.broadcast
-    stats = service.stats  # shared: a bound method here would cost every idle socket
-    limit = settings_of(websocket).max_message_bytes
-    publish_limit = node.publish_limit
-    bucket = publish_limit.bucket()  # None when there is no limit
-    # Rules never change at run time: decided once, acted on at the first message.
-    forbidden = (
-        node.auth.may_publish(identity, channel, subscribed=True) if channel is not None else None
-    )
-    expiry = expire_at_exp(conn, identity)
-    # A history channel's publications are numbered by the store, in the order sent.
-    retention = node.history.retention(channel) if channel is not None else None
-    kept = OrderedPublisher(node.history) if retention is not None else None
-    code: int = CloseCode.NO_STATUS
-    unyielded = 0
-    try:
-        receive = await accept(websocket, conn)
-        while True:
-            event: Any = await receive()
-            if event["type"] == "websocket.disconnect":
-                code = event.get("code", CloseCode.NO_STATUS)
-                break
-            text = event.get("text")
-            message = (
-                Message.from_text(text) if text is not None else Message.from_bytes(event["bytes"])
-            )
-            if message.size > limit:
-                code = CloseCode.MESSAGE_TOO_BIG
-                conn.close(code, f"message of {message.size} bytes exceeds {limit}")
-                break
-            if forbidden is not None:
-                code = CloseCode.FORBIDDEN
-                conn.close(code, forbidden.message)
-                break
-            if bucket is None or bucket.take():
-                stats.received()
-                if kept is None:
-                    on_message(service, conn, message)
-                elif not kept.offer(channel, message, retention):  # type: ignore[arg-type]
-                    code = CloseCode.SLOW_CONSUMER  # publishing faster than history keeps
-                    conn.close(code, "publishing faster than the history store")
-                    break
-            elif bucket.exhausted:  # dropped, and the client keeps at it: closed
-                code = CloseCode.RATE_LIMITED
-                stats.rate_limited(conn, closing_over=publish_limit.describe())
-                conn.close(code, RATE_LIMITED_REASON)
-                break
-            else:  # over the publish rate: dropped and counted
-                stats.rate_limited(conn)
-            unyielded += 1
-            if unyielded == YIELD_EVERY:
-                unyielded = 0
-                await asyncio.sleep(0)
-    except WebSocketDisconnect as exc:
-        code = exc.code
-    finally:
-        if expiry is not None:
-            expiry.cancel()
-        if kept is not None:
-            await kept.aclose()
-        await service.disconnect(conn, code)
+    await serve(RawSession(websocket, conn, identity, channel, on_message), websocket)

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -92,6 +93,23 @@ class ServerSocket:
         """Drop what the server keeps of the finished handshake (and an unused compressor)."""
         trims.release_handshake(self._protocol, direct=direct)
         scope["headers"] = []  # the app's copy, read (if at all) before accept()
+
+    def take_events(self, on_event: Callable[[Any], None]) -> Send | None:
+        """Have the server hand each event of this accepted socket to ``on_event`` (the
+        session then needs no task while it waits) and return the server's own ``send``;
+        None where the server's protocol does not offer it (the session loops on
+        ``receive``). Only Fanout's WebSocket protocol does (:mod:`app.server.websocket`)."""
+        take = getattr(self._protocol, "take_events", None)
+        if take is None:
+            return None
+        take(on_event)
+        send: Send = self._protocol.send
+        return send
+
+    def run_ending(self, ending: Coroutine[Any, Any, None]) -> None:
+        """Run the last steps of a session that took its events (:meth:`take_events`) as
+        the connection's task, which the server owns and waits for at shutdown."""
+        self._protocol.run_ending(ending)
 
     def denial_sent(self) -> None:
         """Tell uvicorn's websockets-sansio protocol that a denial response ended the handshake.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 from websockets.extensions.permessage_deflate import PerMessageDeflate
@@ -79,6 +80,36 @@ class ReceiveQueue:
             finally:
                 self._waiter = None
         return self._items.pop(0)
+
+
+class EventCallback:
+    """Stands in for the receive queue once a session takes its events by callback: what
+    the protocol would queue for ``receive`` is handed to the callback at once."""
+
+    __slots__ = ("_on_event",)
+
+    def __init__(self, on_event: Callable[[Any], None]) -> None:
+        self._on_event = on_event
+
+    def empty(self) -> bool:
+        """Always: nothing waits for a ``receive``."""
+        return True
+
+    def qsize(self) -> int:
+        """Always 0."""
+        return 0
+
+    def put_nowait(self, item: Any) -> None:
+        """Hand ``item`` (an ASGI receive event) to the callback."""
+        self._on_event(item)
+
+    def get_nowait(self) -> Any:
+        """Never anything: the events went to the callback."""
+        raise asyncio.QueueEmpty
+
+    def arrival(self) -> asyncio.Future[None]:
+        """Refused: a session fed by callbacks does not ``receive``."""
+        raise RuntimeError("this socket's events go to a callback")
 
 
 class ListEvent(asyncio.Event):

@@ -34,7 +34,8 @@ import hashlib
 import logging
 import random
 import struct
-from collections.abc import Awaitable, Callable, Coroutine
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, cast
 from urllib.parse import unquote
 
@@ -53,7 +54,7 @@ from websockets.server import ServerProtocol
 
 from app.server.conformance import CloseMidMessageProtocol
 from app.server.keepalive import DeadlineQueue
-from app.server.trims import ListEvent, ReceiveQueue
+from app.server.trims import EventCallback, ListEvent, ReceiveQueue
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _ACCEPTED_HEAD = (
@@ -201,7 +202,7 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
         self.curr_msg_data_type = "bytes"
         self._accept: bytes | None = None
         self.scope = None  # type: ignore[assignment]
-        self._session: asyncio.Future[None] | None = None
+        self._session: asyncio.Future[None] | _Returned | None = None
 
     @property
     def connections(self) -> set[Any]:  # type: ignore[override]
@@ -293,8 +294,8 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
         self._start_app()
 
     def _start_app(self) -> None:
-        """Run the application for this handshake: a Fanout socket session as the task
-        itself (its end handled by :meth:`_session_done`), anything else as uvicorn does."""
+        """Run the application for this handshake: a Fanout socket session right here up
+        to its first wait (:meth:`_start_session`), anything else as uvicorn does."""
         scope: Any = self.scope
         sessions = self._sessions
         session = None
@@ -308,9 +309,31 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
         if session is None:
             task = self.loop.create_task(self.run_asgi())
             task.add_done_callback(self.on_task_complete)
+            self.tasks.add(task)
         else:
-            task = asyncio.ensure_future(session, loop=self.loop)
-            task.add_done_callback(self._session_done)
+            self._start_session(cast(Coroutine[Any, Any, None], session))
+
+    def _start_session(self, session: Coroutine[Any, Any, None]) -> None:
+        """Step ``session`` here, in this callback, until it first waits; only a session
+        that waits gets a task (its end handled by :meth:`_session_done`).
+
+        A session admits and accepts (or refuses) without waiting, the handshake's event
+        being queued already, and one that then takes its events by callback
+        (:meth:`take_events`) has returned: no task is made for it at all.
+        """
+        try:
+            waiting_on = session.send(None)
+        except StopIteration as done:
+            if not self._takes_events():  # it did not take its events: it is over
+                self._session = _RETURNED
+                self._session_end(None, done.value)
+            return
+        except Exception as exc:  # what a task would have caught and reported
+            self._session = _RETURNED
+            self._session_end(exc, None)
+            return
+        task = asyncio.ensure_future(_resume(session, waiting_on), loop=self.loop)
+        task.add_done_callback(self._session_done)
         self.tasks.add(task)
         self._session = task
 
@@ -318,10 +341,62 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
         inner = cast(Any, self.app).app if self._proxy is not None else self.app
         await inner(scope, self.receive, self.send)
 
+    def take_events(self, on_event: Callable[[Any], None]) -> None:
+        """Hand every event from now on to ``on_event`` instead of queueing it for
+        ``receive``; the session's task may then return without the socket closing, and
+        the session ends with :meth:`run_ending`."""
+        pending = cast(ReceiveQueue, self.queue)
+        self.queue = EventCallback(on_event)  # type: ignore[assignment]
+        self._session = None
+        # uvicorn pauses reading after each message until receive() takes it and never
+        # pauses while it believes reading is paused: nothing calls receive() now.
+        if self.read_paused and self.transport is not None:
+            self.transport.resume_reading()
+        self.read_paused = True
+        # The handshake is over and the session has what it needs of the scope, which
+        # refers to this protocol (socket.probe): dropped now rather than when it closes.
+        self.scope = None  # type: ignore[assignment]
+        while not pending.empty():
+            on_event(pending.get_nowait())
+
+    def _takes_events(self) -> bool:
+        """Whether the session took its events by callback (:meth:`take_events`)."""
+        return isinstance(cast(Any, self.queue), EventCallback)
+
+    async def run_asgi(self) -> None:
+        """uvicorn's ``run_asgi`` (the library's way in, and apps other than Fanout's),
+        except that a session which took its events by callback leaves the socket open."""
+        try:
+            result = await self.app(self.scope, self.receive, self.send)
+        except BaseException as exc:  # as uvicorn's: logged, and a 500 if not accepted
+            self._session_end(exc, None)
+            return
+        if not self._takes_events():
+            self._session_end(None, result)
+
+    def run_ending(self, ending: Coroutine[Any, Any, None]) -> None:
+        """Run a session's last steps (its events went to a callback) as the connection's
+        task, ended as uvicorn ends an application's task."""
+        task = self.loop.create_task(ending)
+        task.add_done_callback(self._session_done)
+        self.tasks.add(task)
+        self._session = task
+
     def _session_done(self, task: asyncio.Future[None]) -> None:
         """What uvicorn's ``run_asgi`` does after the application returned or raised."""
         self.tasks.discard(task)
+        if task is not self._session:
+            # The handshake part of a session that took its events by callback
+            # (take_events): the socket lives on, and run_ending's task ends it.
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                self.logger.error("Exception in ASGI application\n", exc_info=exc)
+            return
         exc = task.exception() if not task.cancelled() else asyncio.CancelledError()
+        self._session_end(exc, None if exc is not None else task.result())
+
+    def _session_end(self, exc: BaseException | None, result: Any) -> None:
+        """What uvicorn's ``run_asgi`` does after the application returned ``result`` or
+        raised ``exc``."""
         if exc is not None:
             if not isinstance(exc, ClientDisconnected):
                 self.logger.error("Exception in ASGI application\n", exc_info=exc)
@@ -329,8 +404,8 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
         elif not self.handshake_complete:
             self.logger.error("ASGI callable returned without completing handshake.")
             self.send_500_response()
-        elif task.result() is not None:
-            self.logger.error("ASGI callable should return None, but returned '%s'.", task.result())
+        elif result is not None:
+            self.logger.error("ASGI callable should return None, but returned '%s'.", result)
         # connection_lost may have released the socket already (its task was done, this
         # callback not yet run); uvicorn closes a transport that is closed anyway then.
         if self.close_timer is None and self.transport is not None:
@@ -438,6 +513,38 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
         if self._accept is not None:
             self._library_refusal()
         super().send_500_response()
+
+
+class _Returned:
+    """The ``_session`` of a socket whose session returned before it ever waited."""
+
+    __slots__ = ()
+
+    def done(self) -> bool:
+        """Always: it returned."""
+        return True
+
+
+_RETURNED = _Returned()
+
+
+@types.coroutine
+def _resume(coroutine: Coroutine[Any, Any, None], waiting_on: Any) -> Generator[Any, Any, None]:
+    """Go on with ``coroutine``, stepped already until it yielded ``waiting_on``, as a
+    task would: what the task sends or throws in goes on to the coroutine."""
+    while True:
+        try:
+            yield waiting_on
+        except BaseException as exc:  # cancellation, forwarded
+            try:
+                waiting_on = coroutine.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                waiting_on = coroutine.send(None)
+            except StopIteration:
+                return
 
 
 def _ping(protocol: FanoutWebSocketProtocol) -> None:

@@ -133,6 +133,11 @@ class Connection:
         """Messages waiting in the outbox."""
         return len(self._queue)
 
+    def send_through(self, send: AsgiSend) -> None:
+        """Send the close through ``send`` from now on (the server's own, after a session
+        handed its events to a callback)."""
+        self._send = send
+
     def accepted(self, scope: Scope) -> None:
         """The handshake completed: trim what the server keeps of it, start delivering."""
         self._socket.after_accept(scope, direct=self.path == "direct")
