@@ -202,7 +202,7 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
         self.curr_msg_data_type = "bytes"
         self._accept: bytes | None = None
         self.scope = None  # type: ignore[assignment]
-        self._session: asyncio.Future[None] | _Returned | None = None
+        self._session: asyncio.Future[None] | _Returned | _Ending | None = None
 
     @property
     def connections(self) -> set[Any]:  # type: ignore[override]
@@ -314,17 +314,22 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
             self._start_session(cast(Coroutine[Any, Any, None], session))
 
     def _start_session(self, session: Coroutine[Any, Any, None]) -> None:
-        """Step ``session`` here, in this callback, until it first waits; only a session
-        that waits gets a task (its end handled by :meth:`_session_done`).
+        """Step ``session`` here, in the upgrade's callback, until it first waits; only a
+        session that waits gets a task.
 
         A session admits and accepts (or refuses) without waiting, the handshake's event
         being queued already, and one that then takes its events by callback
         (:meth:`take_events`) has returned: no task is made for it at all.
         """
+        self._step(session, may_take_events=True)
+
+    def _step(self, coroutine: Coroutine[Any, Any, None], *, may_take_events: bool = False) -> None:
+        """Run ``coroutine`` until it returns or first waits; a task goes on with it then
+        (its end handled by :meth:`_session_done`), else it is ended here."""
         try:
-            waiting_on = session.send(None)
+            waiting_on = coroutine.send(None)
         except StopIteration as done:
-            if not self._takes_events():  # it did not take its events: it is over
+            if not (may_take_events and self._takes_events()):
                 self._session = _RETURNED
                 self._session_end(None, done.value)
             return
@@ -332,7 +337,7 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
             self._session = _RETURNED
             self._session_end(exc, None)
             return
-        task = asyncio.ensure_future(_resume(session, waiting_on), loop=self.loop)
+        task = asyncio.ensure_future(_resume(coroutine, waiting_on), loop=self.loop)
         task.add_done_callback(self._session_done)
         self.tasks.add(task)
         self._session = task
@@ -375,12 +380,14 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
             self._session_end(None, result)
 
     def run_ending(self, ending: Coroutine[Any, Any, None]) -> None:
-        """Run a session's last steps (its events went to a callback) as the connection's
-        task, ended as uvicorn ends an application's task."""
-        task = self.loop.create_task(ending)
-        task.add_done_callback(self._session_done)
-        self.tasks.add(task)
-        self._session = task
+        """Run the last steps of a session that took its events by callback, soon (as a
+        task only if they wait), then end the socket as uvicorn ends an application.
+
+        Not right away: the event that ended the session may come from the middle of
+        uvicorn's handling of a close frame, which still has the reply to write.
+        """
+        self._session = _ENDING
+        self.loop.call_soon(self._step, ending)
 
     def _session_done(self, task: asyncio.Future[None]) -> None:
         """What uvicorn's ``run_asgi`` does after the application returned or raised."""
@@ -516,7 +523,7 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
 
 
 class _Returned:
-    """The ``_session`` of a socket whose session returned before it ever waited."""
+    """The ``_session`` of a socket whose session ended without a task."""
 
     __slots__ = ()
 
@@ -525,7 +532,18 @@ class _Returned:
         return True
 
 
+class _Ending:
+    """The ``_session`` of a socket whose session's last steps are about to run."""
+
+    __slots__ = ()
+
+    def done(self) -> bool:
+        """Never: they have not run yet."""
+        return False
+
+
 _RETURNED = _Returned()
+_ENDING = _Ending()
 
 
 @types.coroutine

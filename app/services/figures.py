@@ -63,6 +63,9 @@ class WorkerInfo(msgspec.Struct):
     gc: dict[str, Any] = {}
     draining: bool = False
     """True from the start of a drain until the worker exits: it refuses new sockets."""
+    tasks: int = 0
+    """asyncio tasks alive in the worker: a few, not one per socket (idle sockets need
+    none); a count that keeps climbing is a leak."""
 
 
 class WorkerFigures(msgspec.Struct):

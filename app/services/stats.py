@@ -270,6 +270,7 @@ class StatsService:
                 uptime_seconds=uptime,
                 gc=self.gc_monitor.snapshot(),
                 draining=draining,
+                tasks=_tasks_alive(),
             ),
         )
 
@@ -304,3 +305,11 @@ class StatsService:
 def label(conn: Connection) -> str:
     """A connection's endpoint and channel as log lines show them."""
     return conn.endpoint if conn.channel is None else f"{conn.endpoint}#{conn.channel}"
+
+
+def _tasks_alive() -> int:
+    """asyncio tasks not yet done in the running loop (0 outside one)."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:
+        return 0
