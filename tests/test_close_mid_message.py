@@ -7,8 +7,14 @@ server echoes the client's close (1000, not 1002) and the unfinished message is 
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
+import uuid
 
+from websockets.frames import Frame, Opcode
+from websockets.protocol import OPEN
+
+from app.server.conformance import CloseMidMessageProtocol
 from tests.support.clients import assert_still_serving
 from tests.support.rawws import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawClient
 from tests.support.servers import ServerProcess, StartServer
@@ -83,3 +89,27 @@ async def test_a_new_message_before_the_fragmented_one_ends_is_still_1002(
     _, close = await asyncio.wait_for(client.recv_until_close(), 10)
     assert close is not None and close.close_code == 1002
     await client.close()
+
+
+def test_an_opened_protocol_is_what_the_library_constructor_builds() -> None:
+    logger = logging.getLogger("uvicorn.error")
+    template = CloseMidMessageProtocol.template(max_size=1000, logger=logger)
+    built = CloseMidMessageProtocol(state=OPEN, max_size=1000, logger=logger)
+    first, second = (CloseMidMessageProtocol.opened(template) for _ in range(2))
+    # The same attributes in the same order (so instances share their keys), alike but for
+    # what each connection owns, which is its own; the id is made when read.
+    assert list(vars(first)) == list(vars(built))
+    for name, value in vars(built).items():
+        if name not in ("_id", "reader", "parser"):
+            assert vars(first)[name] == value, name
+    for name in ("reader", "events", "writes", "parser", "extensions"):
+        assert getattr(first, name) is not getattr(second, name), name
+    assert isinstance(first.id, uuid.UUID) and first.id == first.id != second.id
+    # It parses like the constructed one: a masked text frame, then a frame over max_size.
+    frame = Frame(Opcode.TEXT, b"hello").serialize(mask=True)
+    for protocol in (first, built):
+        protocol.receive_data(frame)
+        [event] = protocol.events_received()
+        assert isinstance(event, Frame) and event.data == b"hello"
+        protocol.receive_data(Frame(Opcode.TEXT, b"x" * 1001).serialize(mask=True))
+        assert protocol.close_sent is not None and protocol.close_sent.code == 1009
