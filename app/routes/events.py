@@ -78,18 +78,21 @@ async def serve(
     (the session then ends in a task the server owns), else loops on ``receive`` and ends
     the session.
     """
+    conn, socket = session.conn, session._socket
+    # Callbacks only on the direct path: its outboxes write themselves out (YIELD_EVERY).
+    direct = conn.path == "direct"
+    if direct and socket.accept_now(subprotocol):
+        # Fanout's protocol answered a plain handshake itself, without the ASGI messages.
+        conn.accepted(websocket.scope)
+        _hand_off(session)
+        return
     unyielded = 0
     handed_off = False
     try:
-        receive = await _accept(websocket, session.conn, subprotocol)
-        if session.conn.path == "direct":
-            send = session._socket.take_events(session.on_event)
-            if send is not None:
-                handed_off = True
-                # The server's send, not Starlette's wrapper: the WebSocket and its scope
-                # are then freed with this task.
-                session.conn.send_through(send)
-                return
+        receive = await _accept(websocket, conn, subprotocol)
+        if direct and _hand_off(session):
+            handed_off = True
+            return
         while True:
             event: Any = await receive()
             if event["type"] == "websocket.disconnect":
@@ -107,6 +110,17 @@ async def serve(
         if not handed_off:  # else the server's callbacks end it
             session._ended = True
             await session.finish()
+
+
+def _hand_off(session: EventSession) -> bool:
+    """Have the server call ``session`` with each event, where it can; True if it does."""
+    send = session._socket.take_events(session.on_event)
+    if send is None:
+        return False
+    # The server's send, not Starlette's wrapper: the WebSocket and its scope are then
+    # freed with the handshake's coroutine.
+    session.conn.send_through(send)
+    return True
 
 
 async def _accept(websocket: WebSocket, conn: Connection, subprotocol: str | None) -> Receive:

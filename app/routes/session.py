@@ -96,7 +96,9 @@ async def admit(
         await refuse(websocket, 503, "capacity", "server at its connection limit; retry later", v1)
         return None
     identity: Identity | None = None
-    token = websocket.query_params.get("token")
+    # Parsed only where it may be (a percent-encoded name too): most have no query at all.
+    query: bytes = websocket.scope.get("query_string", b"")
+    token = websocket.query_params.get("token") if b"token" in query or b"%" in query else None
     if token:
         try:
             identity = node.auth.tokens.connection(token)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable
 
 from starlette.applications import Starlette
@@ -55,6 +56,20 @@ class FanoutApp(Starlette):
         session: Awaitable[None] = route.endpoint(WebSocket(scope, receive, send))
         return session
 
+    @functools.cached_property
+    def _exact_socket_routes(self) -> dict[str, WebSocketRoute]:
+        """Socket routes without parameters by path, each only if no route before it
+        matches that path too (first match wins). Made on the first handshake, after
+        ``socket_routes`` is set."""
+        exact: dict[str, WebSocketRoute] = {}
+        for i, route in enumerate(self.socket_routes):
+            if route.param_convertors:
+                continue
+            earlier = self.socket_routes[:i]
+            if not any(r.path_regex.match(route.path) for r in earlier):
+                exact[route.path] = route
+        return exact
+
     def _socket_route(self, scope: Scope) -> WebSocketRoute | None:
         """The socket route for this handshake, updating ``scope`` as the router would.
 
@@ -62,6 +77,12 @@ class FanoutApp(Starlette):
         clients that build URLs by joining paths add one, and a WebSocket has no redirect.
         """
         path: str = scope["path"]
+        exact = self._exact_socket_routes.get(path) if not scope.get("root_path") else None
+        if exact is not None:  # what the loop below finds, without a regex per route
+            scope["app"] = self
+            scope["endpoint"] = exact.endpoint
+            scope["path_params"] = dict(scope.get("path_params", {}))
+            return exact
         candidates = [scope]
         if len(path) > 1 and path.endswith("/"):
             candidates.append({**scope, "path": path[:-1]})

@@ -94,6 +94,13 @@ class ServerSocket:
         trims.release_handshake(self._protocol, direct=direct)
         scope["headers"] = []  # the app's copy, read (if at all) before accept()
 
+    def accept_now(self, subprotocol: str | None) -> bool:
+        """Accept the handshake at once, without the ASGI ``websocket.connect`` and
+        ``websocket.accept`` messages, where the server's protocol offers it (Fanout's, for
+        a plain handshake it answers itself); False elsewhere, and nothing was done."""
+        accept = getattr(self._protocol, "accept_now", None)
+        return bool(accept(subprotocol)) if accept is not None else False
+
     def take_events(self, on_event: Callable[[Any], None]) -> Send | None:
         """Have the server hand each event of this accepted socket to ``on_event`` (the
         session then needs no task while it waits) and return the server's own ``send``;
@@ -150,6 +157,15 @@ class ServerSocket:
         abort()
 
     def abort_later(self, delay: float) -> None:
-        """:meth:`abort` in ``delay`` seconds: the peer's time to finish the close handshake."""
-        if self.can_abort:
-            asyncio.get_running_loop().call_later(delay, self.abort)
+        """:meth:`abort` in ``delay`` seconds: the peer's time to finish the close handshake.
+
+        Not for a transport already closing with nothing left to write (the client closed
+        and had its close echoed, the usual end): it is gone, and a timer would keep this
+        socket's objects for ``delay`` seconds for nothing.
+        """
+        if not self.can_abort:
+            return
+        transport = self._protocol.transport
+        if transport.is_closing() and not transport.get_write_buffer_size():
+            return
+        asyncio.get_running_loop().call_later(delay, self.abort)

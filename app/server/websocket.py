@@ -49,7 +49,6 @@ from uvicorn.protocols.utils import (
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
-from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
 from app.server.conformance import CloseMidMessageProtocol
@@ -133,6 +132,8 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
     """Every socket's pong deadline, per server."""
     _proxy: ProxyHeadersMiddleware | None = None
     """uvicorn's proxy-headers middleware around a stub app, when the server has it."""
+    _conn_template: dict[str, Any]
+    """What every plain handshake's websockets protocol holds alike (conformance.py)."""
     _sessions: Callable[[Any, Any, Any], Awaitable[None] | None] | None = None
     """``FanoutApp.socket_session`` when the app under that middleware is Fanout's."""
 
@@ -154,6 +155,9 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
             "_pings": DeadlineQueue(_ping),
             "_pongs": DeadlineQueue(_pong_missed),
             "_proxy": proxy,
+            "_conn_template": CloseMidMessageProtocol.template(
+                max_size=config.ws_max_size, logger=cls.logger
+            ),
             "_sessions": sessions if callable(sessions) else None,
             "config": config,
             "app": config.loaded_app,
@@ -264,9 +268,7 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
             self.data_received(b"".join(output))
             return
         self._accept = key
-        self.conn = CloseMidMessageProtocol(
-            state=OPEN, max_size=self.config.ws_max_size, logger=self.logger
-        )
+        self.conn = CloseMidMessageProtocol.opened(self._conn_template)
         self.handshake_initiated = True
         raw_path, _, query_string = http.url.partition(b"?")
         subprotocols: list[str] = []
@@ -345,6 +347,18 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
     async def _run_app(self, scope: Any) -> None:
         inner = cast(Any, self.app).app if self._proxy is not None else self.app
         await inner(scope, self.receive, self.send)
+
+    def accept_now(self, subprotocol: str | None) -> bool:
+        """Write the 101 of a plain handshake (:meth:`upgrade`'s own) now, as ``send`` would
+        for ``websocket.accept``; False, doing nothing, for any other handshake or state."""
+        queue = self.queue
+        if self._accept is None or self.disconnected or not self.writable.is_set():
+            return False
+        if not isinstance(queue, ReceiveQueue) or queue.qsize() != 1:
+            return False
+        queue.get_nowait()  # websocket.connect, which the ASGI accept would have read
+        self._send_101({"subprotocol": subprotocol})
+        return True
 
     def take_events(self, on_event: Callable[[Any], None]) -> None:
         """Hand every event from now on to ``on_event`` instead of queueing it for
