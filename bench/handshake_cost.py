@@ -90,7 +90,10 @@ async def measure(connections: int, rounds: int, path: str, profile: bool) -> No
         figures.append(await _round(server, connections, path, profiler))
         print(f"  {connections} handshakes: {figures[-1]:.1f} us of server CPU each", flush=True)
     figures.sort()
-    print(f"median {figures[len(figures) // 2]:.1f} us per handshake ({path})")
+    print(
+        f"median {figures[len(figures) // 2]:.1f} us, best {figures[0]:.1f} us per handshake"
+        f" ({path}; the best round is the least disturbed by the rest of the machine)"
+    )
     if profiler is not None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
     server.should_exit = True

@@ -62,6 +62,7 @@ GAUGES = {
     "fanout_subscriptions",
     "fanout_presence_members",
     "fanout_draining",
+    "fanout_tasks",
 }
 HISTOGRAMS = {"fanout_publish_to_write_seconds"}
 

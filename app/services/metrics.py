@@ -178,6 +178,12 @@ class _Families:
             " /healthz answers 503 and new sockets are refused.",
             labels=list(WORKER),
         )
+        self.tasks = GaugeMetricFamily(
+            "fanout_tasks",
+            "asyncio tasks alive in the worker: a few, not one per socket; a count that keeps"
+            " climbing is a leak.",
+            labels=list(WORKER),
+        )
         self.drained = CounterMetricFamily(
             "fanout_drained_connections",
             "Connections closed with 1012 and a reconnect hint by a drain.",
@@ -204,6 +210,7 @@ class _Families:
         self.handshake_timeouts.add_metric(who, f.handshake_timeouts)
         self.draining.add_metric(who, 1.0 if f.worker.draining else 0.0)
         self.drained.add_metric(who, f.drained)
+        self.tasks.add_metric(who, f.worker.tasks)
         _each(self.protocol_errors, who, f.protocol_errors)
         self.delivered.add_metric(who, f.messages.delivered)
         self.dropped.add_metric(who, f.messages.dropped)
