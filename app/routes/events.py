@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from starlette.types import Receive
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from app.server.socket import ServerSocket
@@ -81,18 +80,18 @@ async def serve(
     conn, socket = session.conn, session._socket
     # Callbacks only on the direct path: its outboxes write themselves out (YIELD_EVERY).
     direct = conn.path == "direct"
-    if direct and socket.accept_now(subprotocol):
-        # Fanout's protocol answered a plain handshake itself, without the ASGI messages.
-        conn.accepted(websocket.scope)
-        _hand_off(session)
-        return
     unyielded = 0
     handed_off = False
     try:
-        receive = await _accept(websocket, conn, subprotocol)
+        # Fanout's protocol answers a plain handshake itself, without the ASGI messages.
+        if not (direct and socket.accept_now(subprotocol)):
+            await websocket.accept(subprotocol)
+        conn.accepted(websocket.scope)
         if direct and _hand_off(session):
             handed_off = True
             return
+        # After accept, Starlette's receive only adds state checks the loop does not need.
+        receive = ServerSocket.receive_of(websocket.scope, websocket.receive)
         while True:
             event: Any = await receive()
             if event["type"] == "websocket.disconnect":
@@ -121,11 +120,3 @@ def _hand_off(session: EventSession) -> bool:
     # freed with the handshake's coroutine.
     session.conn.send_through(send)
     return True
-
-
-async def _accept(websocket: WebSocket, conn: Connection, subprotocol: str | None) -> Receive:
-    """Complete the handshake and start delivering; returns the receive to loop on."""
-    await websocket.accept(subprotocol)
-    conn.accepted(websocket.scope)
-    # After accept, Starlette's receive only adds state checks the loop does not need.
-    return ServerSocket.receive_of(websocket.scope, websocket.receive)
