@@ -29,7 +29,18 @@ from bench.protocol import handshake_request, make_key
 HOST = "127.0.0.1"
 
 
-async def _round(server: Any, n: int, path: str, profile: cProfile.Profile | None) -> float:
+BROWSER_OFFER = (
+    b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    b"Origin: http://127.0.0.1:8000\r\n"
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0 Safari/537.36\r\n"
+)
+"""What a browser adds to a handshake: the permessage-deflate offer Chrome and Firefox
+send, an Origin and a User-Agent (``--browser``)."""
+
+
+async def _round(
+    server: Any, n: int, path: str, profile: cProfile.Profile | None, browser: bool = False
+) -> float:
     """Handshakes on ``n`` fresh sockets; returns server CPU microseconds per handshake.
 
     The clients connect (the kernel completes TCP's handshake into the listen backlog) and
@@ -39,7 +50,10 @@ async def _round(server: Any, n: int, path: str, profile: cProfile.Profile | Non
     clients = []
     for _ in range(n):
         client = socket.create_connection((HOST, port))
-        client.sendall(handshake_request(HOST, port, path, make_key()))
+        request = handshake_request(HOST, port, path, make_key())
+        if browser:
+            request = request[:-2] + BROWSER_OFFER + b"\r\n"
+        client.sendall(request)
         clients.append(client)
     broadcast = _app_state(server.config.loaded_app).node.broadcast
     base = broadcast.connection_count
@@ -72,7 +86,9 @@ def _app_state(app: Any) -> Any:
     return app.state
 
 
-async def measure(connections: int, rounds: int, path: str, profile: bool) -> None:
+async def measure(
+    connections: int, rounds: int, path: str, profile: bool, browser: bool = False
+) -> None:
     """Start the server in this process and print the CPU per handshake of each round."""
     import uvicorn
 
@@ -83,11 +99,11 @@ async def measure(connections: int, rounds: int, path: str, profile: bool) -> No
     serving = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag, not an event)
         await asyncio.sleep(0.05)
-    await _round(server, min(500, connections), path, None)  # warm-up
+    await _round(server, min(500, connections), path, None, browser)  # warm-up
     figures = []
     profiler = cProfile.Profile() if profile else None
     for _ in range(rounds):
-        figures.append(await _round(server, connections, path, profiler))
+        figures.append(await _round(server, connections, path, profiler, browser))
         print(f"  {connections} handshakes: {figures[-1]:.1f} us of server CPU each", flush=True)
     figures.sort()
     print(
@@ -107,6 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--path", default="/ws/broadcast")
     p.add_argument("--profile", action="store_true")
+    p.add_argument(
+        "--browser", action="store_true", help="handshakes as a browser sends them (deflate offer)"
+    )
     args = p.parse_args(argv)
     os.environ.setdefault("FANOUT_STATS_LOG_INTERVAL", "0")
     os.environ.setdefault("FANOUT_LOG_LEVEL", "warning")
@@ -114,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     raise_fd_limit()
     import uvloop
 
-    uvloop.run(measure(args.connections, args.rounds, args.path, args.profile))
+    uvloop.run(measure(args.connections, args.rounds, args.path, args.profile, args.browser))
     sys.stdout.flush()
 
 

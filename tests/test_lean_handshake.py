@@ -25,6 +25,7 @@ from app.server.websocket import (
     use_fanout_websocket_protocol,
 )
 from tests.support.servers import ServerProcess, StartServer
+from tests.support.stats import fetch_stats
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -56,7 +57,6 @@ def test_a_plain_valid_head_gets_the_rfc_accept_value() -> None:
         "no upgrade token",
         "upgrade h2c",
         "two keys",
-        "extension offered",
         "no key",
     ],
 )
@@ -74,8 +74,6 @@ def test_anything_but_a_plain_valid_head_is_left_to_the_library(change: str) -> 
         head[1] = (b"upgrade", b"h2c")
     elif change == "two keys":
         head.append(head[3])
-    elif change == "extension offered":
-        head.append((b"sec-websocket-extensions", b"permessage-deflate"))
     else:
         del head[3]
     assert accept_key(head) is None
@@ -122,7 +120,77 @@ async def test_the_101_carries_the_accept_value_date_server_and_chosen_subprotoc
     assert "Sec-WebSocket-Protocol: fanout.v1" in head.split("\r\n")
 
 
-async def test_a_deflate_offer_is_negotiated_by_the_library_as_before(
+BROWSER_OFFERS = [
+    "permessage-deflate; client_max_window_bits",  # Chrome, Firefox
+    "permessage-deflate",
+    "permessage-deflate; server_max_window_bits=10; client_max_window_bits=10",
+    "permessage-deflate; server_no_context_takeover, permessage-deflate",
+    "x-webkit-deflate-frame, permessage-deflate; client_max_window_bits",
+    "permessage-deflate; server_max_window_bits=7",  # not acceptable: no extension
+]
+
+
+def _library_answer(offer: str) -> str | None:
+    """The Sec-WebSocket-Extensions uvicorn's own protocol answers ``offer`` with: the
+    library's ServerProtocol with the factory uvicorn 0.54's websockets-sansio protocol
+    builds in its ``connection_made``."""
+    from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+    from websockets.http11 import Request
+    from websockets.server import ServerProtocol
+
+    library = ServerProtocol(
+        extensions=[
+            ServerPerMessageDeflateFactory(
+                server_max_window_bits=12,
+                client_max_window_bits=12,
+                compress_settings={"memLevel": 5},
+            )
+        ]
+    )
+    key = base64.b64encode(os.urandom(16)).decode()
+    headers = websockets.datastructures.Headers(
+        [
+            ("Host", "x"),
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", key),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Extensions", offer),
+        ]
+    )
+    response = library.accept(Request("/", headers))
+    assert response.status_code == 101
+    answer: str | None = response.headers.get("Sec-WebSocket-Extensions")
+    return answer
+
+
+@pytest.mark.parametrize("offer", BROWSER_OFFERS)
+async def test_an_extension_offer_gets_the_answer_uvicorns_protocol_gives(
+    start_server: StartServer, offer: str
+) -> None:
+    server = start_server()
+    key = base64.b64encode(os.urandom(16))
+    head = (
+        await exchange(
+            server, request(server, "/ws/broadcast", key, f"Sec-WebSocket-Extensions: {offer}")
+        )
+    ).decode()
+    lines = head.split("\r\n")
+    assert lines[0] == "HTTP/1.1 101 Switching Protocols"
+    expected = _library_answer(offer)
+    answers = [
+        line.split(": ", 1)[1] for line in lines if line.startswith("Sec-WebSocket-Extensions: ")
+    ]
+    assert answers == ([expected] if expected is not None else [])
+    # Same place as the library's: right after the accept value.
+    if expected is not None:
+        accept_at = next(
+            i for i, line in enumerate(lines) if line.startswith("Sec-WebSocket-Accept")
+        )
+        assert lines[accept_at + 1] == f"Sec-WebSocket-Extensions: {expected}"
+
+
+async def test_a_deflate_offer_is_negotiated_and_compressed_frames_are_read(
     start_server: StartServer,
 ) -> None:
     server = start_server()
@@ -130,8 +198,22 @@ async def test_a_deflate_offer_is_negotiated_by_the_library_as_before(
         assert ws.response is not None
         extensions = ws.response.headers.get("Sec-WebSocket-Extensions", "")
         assert extensions.startswith("permessage-deflate")
-        await ws.send("x" * 200)
-        assert await asyncio.wait_for(ws.recv(), 10) == "x" * 200
+        for size in (200, 70_000):  # the client compresses both; the server decompresses
+            await ws.send("x" * size)
+            assert await asyncio.wait_for(ws.recv(), 10) == "x" * size
+    stats = await fetch_stats(server)
+    assert stats["worker"]["tasks"] < 10  # it took the fast path: no task for the socket
+
+
+async def test_a_malformed_extensions_header_gets_the_library_400(
+    start_server: StartServer,
+) -> None:
+    server = start_server()
+    key = base64.b64encode(os.urandom(16))
+    answer = await exchange(
+        server, request(server, "/ws/broadcast", key, "Sec-WebSocket-Extensions: ;;,=")
+    )
+    assert answer.startswith(b"HTTP/1.1 400 ")
 
 
 async def test_invalid_handshakes_get_the_library_answers(start_server: StartServer) -> None:

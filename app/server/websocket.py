@@ -16,10 +16,11 @@ the socket's life.
 
 :class:`FanoutWebSocketProtocol` takes the head httptools parsed (through
 :class:`app.server.http.FanoutHttpToolsProtocol`), checks it as the library would, and
-writes the 101 from bytes. Anything it does not recognise as a plain, valid handshake
-without extensions (a permessage-deflate offer, a bad key, a second ``Upgrade``, HTTP/1.0,
-another method) goes the library's way, byte for byte what uvicorn does, so every refusal
-and negotiation stays the library's. It also starts with the light receive queue and
+writes the 101 from bytes. Extension offers (every browser offers permessage-deflate) are
+negotiated by the library's own ``process_extensions`` with the extensions uvicorn offers.
+Anything it does not recognise as a valid handshake (a bad key or extensions header, a
+second ``Upgrade``, HTTP/1.0, another method) goes the library's way, byte for byte what
+uvicorn does, so every refusal stays the library's. It also starts with the light receive queue and
 writable event of :mod:`app.server.trims` rather than building the asyncio ones to
 replace them. Swapped in on the uvicorn ``Config`` at lifespan start, like the HTTP
 protocols of :mod:`app.server.http`.
@@ -48,6 +49,9 @@ from uvicorn.protocols.utils import (
 )
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
+from websockets.datastructures import Headers as WsHeaders
+from websockets.exceptions import InvalidHandshake
+from websockets.extensions.base import Extension, ServerExtensionFactory
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.server import ServerProtocol
 
@@ -60,8 +64,7 @@ _ACCEPTED_HEAD = (
     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
 )
 _REQUIRED = frozenset({b"upgrade", b"connection", b"sec-websocket-key", b"sec-websocket-version"})
-_LIBRARY_ONLY = frozenset({b"sec-websocket-extensions"})
-"""Headers whose negotiation stays the library's: the request then takes its way."""
+_EXTENSIONS = b"sec-websocket-extensions"
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -71,8 +74,8 @@ def accept_key(headers: Headers) -> bytes | None:
 
     Valid as websockets 17's ``ServerProtocol.process_request`` sees it: one ``Upgrade:
     websocket``, a ``Connection`` listing ``upgrade``, one key of 16 base64 bytes, version
-    13. ``headers`` are httptools' (names lower case). A head with any header the library
-    negotiates (extensions) is not plain either.
+    13. ``headers`` are httptools' (names lower case). Extensions are negotiated apart
+    (:meth:`FanoutWebSocketProtocol._negotiate`).
     """
     upgrade = connection = key = version = None
     seen: set[bytes] = set()
@@ -89,8 +92,6 @@ def accept_key(headers: Headers) -> bytes | None:
                 key = value
             else:
                 version = value
-        elif name in _LIBRARY_ONLY:
-            return None
     if upgrade is None or upgrade.strip().lower() != b"websocket" or version != b"13":
         return None
     if connection is None or b"upgrade" not in (t.strip().lower() for t in connection.split(b",")):
@@ -134,6 +135,8 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's proxy-headers middleware around a stub app, when the server has it."""
     _conn_template: dict[str, Any]
     """What every plain handshake's websockets protocol holds alike (conformance.py)."""
+    _negotiator: ServerProtocol
+    """Negotiates extension offers as uvicorn's protocol would (``process_extensions``)."""
     _sessions: Callable[[Any, Any, Any], Awaitable[None] | None] | None = None
     """``FanoutApp.socket_session`` when the app under that middleware is Fanout's."""
 
@@ -159,6 +162,9 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
                 max_size=config.ws_max_size, logger=cls.logger
             ),
             "_sessions": sessions if callable(sessions) else None,
+            "_negotiator": ServerProtocol(
+                extensions=_offered_extensions(config), logger=logging.getLogger("uvicorn.error")
+            ),
             "config": config,
             "app": config.loaded_app,
             "root_path": config.root_path,
@@ -225,17 +231,8 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def _library_conn(self) -> None:
         """The websockets protocol exactly as uvicorn builds it (it parses the request)."""
-        extensions = []
-        if self.config.ws_per_message_deflate:
-            extensions = [
-                ServerPerMessageDeflateFactory(
-                    server_max_window_bits=12,
-                    client_max_window_bits=12,
-                    compress_settings={"memLevel": 5},
-                )
-            ]
         self.conn = ServerProtocol(
-            extensions=extensions,
+            extensions=_offered_extensions(self.config),
             max_size=self.config.ws_max_size,
             logger=logging.getLogger("uvicorn.error"),
         )
@@ -260,15 +257,17 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
         if scope["method"] == "GET" and scope["http_version"] == "1.1" and http.url.isascii():
             key = accept_key(headers)
         if key is None:
-            # uvicorn's way: the head as bytes, parsed and answered by the library.
-            output = [scope["method"].encode(), b" ", http.url, b" HTTP/1.1\r\n"]
-            for name, value in headers:
-                output += [name, b": ", value, b"\r\n"]
-            output.append(b"\r\n")
-            self.data_received(b"".join(output))
+            self._library_way(scope["method"], http.url, headers)
             return
-        self._accept = key
+        negotiated = self._negotiate(headers)
+        if negotiated is None:
+            self._library_way(scope["method"], http.url, headers)
+            return
+        answer, extensions = negotiated
+        self._accept = b"Sec-WebSocket-Accept: " + key + b"\r\n" + answer
         self.conn = CloseMidMessageProtocol.opened(self._conn_template)
+        if extensions:
+            self.conn.extensions = extensions
         self.handshake_initiated = True
         raw_path, _, query_string = http.url.partition(b"?")
         subprotocols: list[str] = []
@@ -294,6 +293,31 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
         }
         self.queue.put_nowait({"type": "websocket.connect"})
         self._start_app()
+
+    def _library_way(self, method: str, url: bytes, headers: Headers) -> None:
+        """uvicorn's way: the head as bytes, parsed and answered by the library."""
+        output = [method.encode(), b" ", url, b" HTTP/1.1\r\n"]
+        for name, value in headers:
+            output += [name, b": ", value, b"\r\n"]
+        output.append(b"\r\n")
+        self.data_received(b"".join(output))
+
+    def _negotiate(self, headers: Headers) -> tuple[bytes, list[Extension]] | None:
+        """The ``Sec-WebSocket-Extensions`` answer line and the extensions accepted for
+        what the client offered (browsers offer permessage-deflate), by the library's own
+        ``process_extensions`` with the extensions uvicorn would offer; None for a header
+        the library finds invalid (it then answers the handshake with its 400)."""
+        offers = [value for name, value in headers if name == _EXTENSIONS]
+        if not offers:
+            return b"", []
+        offered = WsHeaders([("Sec-WebSocket-Extensions", v.decode("latin-1")) for v in offers])
+        try:
+            answer, extensions = self._negotiator.process_extensions(offered)
+        except InvalidHandshake:
+            return None
+        if answer is None:
+            return b"", extensions
+        return b"Sec-WebSocket-Extensions: " + answer.encode("latin-1") + b"\r\n", extensions
 
     def _start_app(self) -> None:
         """Run the application for this handshake: a Fanout socket session right here up
@@ -501,7 +525,7 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
         await super().send(message)
 
     def _send_101(self, message: Any) -> None:
-        key, self._accept = self._accept, None
+        accept, self._accept = self._accept, None
         if self.disconnected:
             raise ClientDisconnected()
         if self.logger.isEnabledFor(logging.INFO):
@@ -510,8 +534,8 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
                 get_client_addr(self.scope),
                 get_path_with_query_string(self.scope),
             )
-        assert key is not None  # send() checked it
-        parts = [_ACCEPTED_HEAD, b"Sec-WebSocket-Accept: ", key, b"\r\n"]
+        assert accept is not None  # send() checked it
+        parts = [_ACCEPTED_HEAD, accept]
         for name, value in (*self.default_headers, *message.get("headers", ())):
             parts += [name.lower(), b": ", value, b"\r\n"]
         subprotocol = message.get("subprotocol")
@@ -534,6 +558,19 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
         if self._accept is not None:
             self._library_refusal()
         super().send_500_response()
+
+
+def _offered_extensions(config: Config) -> list[ServerExtensionFactory]:
+    """The extensions uvicorn 0.54's websockets-sansio protocol offers, as it builds them."""
+    if not config.ws_per_message_deflate:
+        return []
+    return [
+        ServerPerMessageDeflateFactory(
+            server_max_window_bits=12,
+            client_max_window_bits=12,
+            compress_settings={"memLevel": 5},
+        )
+    ]
 
 
 class _Returned:
