@@ -1,10 +1,12 @@
 """FanoutWebSocketProtocol: uvicorn's websockets-sansio protocol, leaner per connection.
 
-Four changes, each measured (docs/architecture.md, "Handshakes and idle sockets"): the
-opening handshake below; a Fanout socket session run as the connection's task without
-``run_asgi``'s and the middleware's frames under it (:meth:`_start_app`); keepalive
-deadlines on per-server queues (:mod:`app.server.keepalive`); reference cycles broken
-when a socket is done (:meth:`_release`).
+Its changes, each measured (docs/architecture.md, "Below ASGI for the handshake and the
+idle socket"): the opening handshake below; a Fanout socket session stepped in the
+upgrade's callback, without ``run_asgi``'s and the middleware's frames, and given its
+events by callback once accepted, so an idle socket holds no task (:meth:`_start_app`,
+:meth:`take_events`, :meth:`run_ending`); keepalive deadlines on per-server queues
+(:mod:`app.server.keepalive`); reference cycles broken when a socket is done
+(:meth:`_release`).
 
 The handshake: uvicorn 0.54 upgrades a connection by serialising the request head
 httptools has already parsed back into bytes, feeding them to a fresh websockets
@@ -20,9 +22,9 @@ writes the 101 from bytes. Extension offers (every browser offers permessage-def
 negotiated by the library's own ``process_extensions`` with the extensions uvicorn offers.
 Anything it does not recognise as a valid handshake (a bad key or extensions header, a
 second ``Upgrade``, HTTP/1.0, another method) goes the library's way, byte for byte what
-uvicorn does, so every refusal stays the library's. It also starts with the light receive queue and
-writable event of :mod:`app.server.trims` rather than building the asyncio ones to
-replace them. Swapped in on the uvicorn ``Config`` at lifespan start, like the HTTP
+uvicorn does, so every refusal stays the library's. It also starts with the light
+receive queue and writable event of :mod:`app.server.trims` rather than building the
+asyncio ones to replace them. Swapped in on the uvicorn ``Config`` at lifespan start, like the HTTP
 protocols of :mod:`app.server.http`.
 """
 
