@@ -248,22 +248,45 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
     def upgrade(self, http: Any, transport: asyncio.Transport) -> None:
         """Take over ``transport`` from uvicorn's httptools protocol ``http``, whose
         request head (``scope`` headers, ``url``) is a WebSocket handshake."""
+        scope = http.scope
+        self.upgrade_head(
+            transport,
+            http.server,
+            http.client,
+            http.scheme,
+            scope["method"],
+            scope["http_version"],
+            http.url,
+            scope["headers"],
+        )
+
+    def upgrade_head(
+        self,
+        transport: asyncio.Transport,
+        server: tuple[str, int] | None,
+        client: tuple[str, int] | None,
+        scheme: str,
+        method: str,
+        http_version: str,
+        url: bytes,
+        headers: Headers,
+    ) -> None:
+        """Take over ``transport``, whose request head (``headers`` with lower-case names,
+        as httptools gives them) is a WebSocket handshake for ``url``."""
         self.connections.add(self)
         self.transport = transport
-        self.server = http.server
-        self.client = http.client
-        self.scheme = "wss" if http.scheme == "https" else "ws"
-        scope = http.scope
-        headers: Headers = scope["headers"]
+        self.server = server
+        self.client = client
+        self.scheme = "wss" if scheme == "https" else "ws"
         key = None
-        if scope["method"] == "GET" and scope["http_version"] == "1.1" and http.url.isascii():
+        if method == "GET" and http_version == "1.1" and url.isascii():
             key = accept_key(headers)
         if key is None:
-            self._library_way(scope["method"], http.url, headers)
+            self._library_way(method, url, headers)
             return
         negotiated = self._negotiate(headers)
         if negotiated is None:
-            self._library_way(scope["method"], http.url, headers)
+            self._library_way(method, url, headers)
             return
         answer, extensions = negotiated
         self._accept = b"Sec-WebSocket-Accept: " + key + b"\r\n" + answer
@@ -271,7 +294,7 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
         if extensions:
             self.conn.extensions = extensions
         self.handshake_initiated = True
-        raw_path, _, query_string = http.url.partition(b"?")
+        raw_path, _, query_string = url.partition(b"?")
         subprotocols: list[str] = []
         for name, value in headers:
             if name == b"sec-websocket-protocol":
