@@ -10,6 +10,7 @@ from starlette.routing import Match, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from app.server.front import use_front_protocol
 from app.server.http import use_deadline_protocols, uvicorn_config
 from app.server.socket import probe
 from app.server.websocket import use_fanout_websocket_protocol
@@ -39,8 +40,8 @@ class FanoutApp(Starlette):
         elif scope["type"] == "lifespan":
             use_deadline_protocols(receive)
             config = uvicorn_config(receive)
-            if config is not None:
-                use_fanout_websocket_protocol(config)
+            if config is not None and use_fanout_websocket_protocol(config):
+                use_front_protocol(config)
         await super().__call__(scope, receive, send)
 
     def socket_session(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None] | None:

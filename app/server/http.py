@@ -68,10 +68,16 @@ class _HeadTimer(asyncio.Protocol):
         self._head_complete()
         super().connection_lost(exc)
 
-    def _arm_head_deadline(self) -> None:
+    def _arm_head_deadline(self, delay: float | None = None) -> None:
         deadline = self._deadline
         if deadline is not None and self._head_timer is None:
-            self._head_timer = self.loop.call_later(deadline.timeout, self._head_deadline_missed)
+            after = deadline.timeout if delay is None else max(0.0, delay)
+            self._head_timer = self.loop.call_later(after, self._head_deadline_missed)
+
+    def _head_time_left(self) -> float | None:
+        """Seconds left before the head deadline, None if none is armed."""
+        timer = self._head_timer
+        return None if timer is None else timer.when() - self.loop.time()
 
     def _head_complete(self) -> None:
         timer = self._head_timer
@@ -165,8 +171,8 @@ def use_deadline_protocols(lifespan_receive: Any) -> bool:
     if config is None:
         return False
     current = getattr(config, "http_protocol_class", None)
-    if current in _OURS.values():
-        return True
+    if isinstance(current, type) and issubclass(current, _HeadTimer):
+        return True  # ours already (a second start on this Config, or app.server.front's)
     replacement = _OURS.get(current) if isinstance(current, type) else None
     if replacement is None:
         logger.warning(

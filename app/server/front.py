@@ -1,0 +1,173 @@
+"""FrontProtocol: a WebSocket handshake's request head read in Python, the rest uvicorn's.
+
+uvicorn's httptools protocol costs a plain handshake about a quarter of the server's CPU
+for it (docs/benchmarks.md, "Issue 14: the connect path's front"): the protocol object
+and its 20-odd attributes, the peer and local addresses, httptools' callbacks for the
+request line and each header, an HTTP scope with a copy of the lifespan state, the checks
+for an upgrade, and an exception to say "upgrade". For a connection whose first bytes are
+a complete, plain ``GET`` upgrade head, :class:`FrontProtocol` splits the head itself and
+hands it to Fanout's WebSocket protocol (``upgrade_head``), as uvicorn's protocol would
+have. Everything else (any other request, a head it does not find plain, a head longer
+than :data:`MAX_HEAD`, bytes after the head) is handed, with the bytes read so far, to
+uvicorn's protocol (:class:`~app.server.http.FanoutHttpToolsProtocol`), which then serves
+the connection as before. The head deadline of :mod:`app.server.http` applies from the
+connection's start either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any, cast
+
+from uvicorn.config import Config
+from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
+from uvicorn.server import ServerState
+
+from app.server.http import FanoutHttpToolsProtocol, _HeadTimer
+
+MAX_HEAD = 16_384
+"""Bytes of request head read here; a longer head goes to uvicorn's protocol."""
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""A header name (RFC 9110 token)."""
+_TARGET = re.compile(rb"/[!-~]*")
+"""An origin-form request target: printable ASCII, no space."""
+_NOT_IN_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+"""Control characters a header value may not hold (tab may)."""
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+"""Headers that give a request a body: such a request is uvicorn's to read."""
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def plain_upgrade(head: bytes) -> tuple[bytes, Headers] | None:
+    """The target and headers (names lower case) of ``head`` (without its blank line) if it
+    is a plain WebSocket upgrade as uvicorn's httptools protocol sees one: ``GET`` in
+    HTTP/1.1, well-formed header lines, the last ``Connection`` listing ``upgrade`` and the
+    last ``Upgrade`` saying ``websocket``, and no body; None for anything else."""
+    lines = head.split(b"\r\n")
+    request_line = lines[0].split(b" ")
+    if len(request_line) != 3:
+        return None
+    method, target, version = request_line
+    if method != b"GET" or version != b"HTTP/1.1" or not _TARGET.fullmatch(target):
+        return None
+    headers: Headers = []
+    connection: list[bytes] = []
+    upgrade = None
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(name):
+            return None  # also a folded line, which starts with a space
+        value = value.strip(b" \t")
+        if _NOT_IN_VALUE.search(value):
+            return None
+        name = name.lower()
+        if name == b"connection":
+            connection = [token.strip().lower() for token in value.split(b",")]
+        elif name == b"upgrade":
+            upgrade = value.lower()
+        elif name in _FRAMING:
+            return None
+        headers.append((name, value))
+    if upgrade != b"websocket" or b"upgrade" not in connection:
+        return None
+    return target, headers
+
+
+class FrontProtocol(_HeadTimer):
+    """A connection until its first request head is read: a plain WebSocket upgrade goes
+    to Fanout's WebSocket protocol from here, anything else to uvicorn's HTTP protocol."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.config = config
+        self.server_state = server_state
+        self.app_state = app_state
+        self.loop = _loop or asyncio.get_event_loop()
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.client: tuple[str, int] | None = None
+        self._read = b""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        self.client = get_remote_addr(transport)
+        # In uvicorn's set of connections (typed for its own protocols), so that a server
+        # shutdown closes a connection still sending its head.
+        cast(Any, self.server_state.connections).add(self)
+        super().connection_made(transport)  # the head deadline
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server_state.connections.discard(self)
+        super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        """uvicorn's server shutdown, for a connection that has not sent its head yet."""
+        self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes of the head: the connection goes one way or the other once it is read."""
+        read = self._read + data if self._read else data
+        end = read.find(b"\r\n\r\n")
+        if end < 0:
+            if len(read) > MAX_HEAD or not read.startswith(b"GET "[: len(read)]):
+                self._to_http(read)  # not a handshake, or not one to read here
+            else:
+                self._read = read  # the rest of the head is on its way
+            return
+        self._read = b""
+        found = plain_upgrade(read[:end]) if end + 4 == len(read) else None
+        upgrade_head = getattr(self.config.ws_protocol_class, "upgrade_head", None)
+        if found is None or upgrade_head is None:
+            self._to_http(read)
+            return
+        self._head_complete()
+        self.server_state.connections.discard(self)
+        transport = self.transport
+        target, headers = found
+        protocol = self.config.ws_protocol_class(  # type: ignore[call-arg, misc]
+            config=self.config, server_state=self.server_state, app_state=self.app_state
+        )
+        scheme = "https" if is_ssl(transport) else "http"
+        server = get_local_addr(transport)
+        protocol.upgrade_head(  # type: ignore[union-attr]
+            transport, server, self.client, scheme, "GET", "1.1", target, headers
+        )
+        transport.set_protocol(protocol)
+
+    def _to_http(self, read: bytes) -> None:
+        """Hand the connection, and ``read``, to uvicorn's HTTP protocol; its head
+        deadline keeps the time this connection has left."""
+        self._read = b""
+        left = self._head_time_left()
+        self._head_complete()
+        self.server_state.connections.discard(self)
+        http = FanoutHttpToolsProtocol(
+            config=self.config,
+            server_state=self.server_state,
+            app_state=self.app_state,
+            _loop=self.loop,
+        )
+        http.connection_made(self.transport)
+        if left is not None:
+            http._head_complete()
+            http._arm_head_deadline(left)
+        self.transport.set_protocol(http)
+        http.data_received(read)
+
+
+def use_front_protocol(config: Config) -> bool:
+    """Put :class:`FrontProtocol` before uvicorn's httptools protocol where the server uses
+    Fanout's httptools and WebSocket protocols (the default); True if it does now."""
+    if config.http_protocol_class is not FanoutHttpToolsProtocol:
+        return config.http_protocol_class is FrontProtocol
+    if getattr(config.ws_protocol_class, "upgrade_head", None) is None:
+        return False
+    config.http_protocol_class = FrontProtocol
+    return True
