@@ -73,21 +73,25 @@ def _request(server: ServerProcess, path: str, *extra: bytes) -> bytes:
     )
 
 
-async def _status_line(reader: asyncio.StreamReader) -> bytes:
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    return head.split(b"\r\n", 1)[0]
+async def _status_after(server: ServerProcess, *pieces: bytes) -> bytes:
+    """The status line the server answers ``pieces`` with, sent one after another."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        return head.split(b"\r\n", 1)[0]
+    finally:
+        writer.close()
 
 
 async def test_a_head_in_pieces_is_read_whole_and_upgraded(start_server: StartServer) -> None:
     server = start_server()
     request = _request(server, "/ws/echo")
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    for i in range(0, len(request), 7):
-        writer.write(request[i : i + 7])
-        await writer.drain()
-        await asyncio.sleep(0.01)
-    assert await _status_line(reader) == b"HTTP/1.1 101 Switching Protocols"
-    writer.close()
+    pieces = [request[i : i + 7] for i in range(0, len(request), 7)]
+    assert await _status_after(server, *pieces) == b"HTTP/1.1 101 Switching Protocols"
 
 
 async def test_a_head_longer_than_the_front_reads_goes_to_uvicorn(
@@ -95,10 +99,8 @@ async def test_a_head_longer_than_the_front_reads_goes_to_uvicorn(
 ) -> None:
     server = start_server()
     cookie = b"Cookie: c=" + b"x" * MAX_HEAD + b"\r\n"
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(_request(server, "/ws/echo", cookie))
-    assert await _status_line(reader) == b"HTTP/1.1 101 Switching Protocols"
-    writer.close()
+    status = await _status_after(server, _request(server, "/ws/echo", cookie))
+    assert status == b"HTTP/1.1 101 Switching Protocols"
 
 
 async def test_plain_http_keeps_its_connection_through_the_front(
@@ -118,7 +120,5 @@ async def test_the_same_sockets_behave_the_same_either_way(start_server: StartSe
     async with websockets.connect(server.ws("/ws/echo")) as ws:
         await ws.send("ping")
         assert await asyncio.wait_for(ws.recv(), 10) == "ping"
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(_request(server, "/ws/nowhere"))
-    assert (await _status_line(reader)).startswith(b"HTTP/1.1 404 ")
-    writer.close()
+    status = await _status_after(server, _request(server, "/ws/nowhere"))
+    assert status.startswith(b"HTTP/1.1 404 ")
