@@ -38,11 +38,10 @@ class EventSession:
     (:meth:`finish`); :func:`serve` feeds them.
     """
 
-    __slots__ = ("_ended", "_socket", "code", "conn")
+    __slots__ = ("_ended", "code", "conn")
 
-    def __init__(self, conn: Connection, socket: ServerSocket) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self._socket = socket
         self._ended = False
         self.code: int = CloseCode.NO_STATUS
         """The code the session ended with (the client's, or the one it closed with)."""
@@ -65,7 +64,7 @@ class EventSession:
         elif self.handle(event):
             return
         self._ended = True
-        self._socket.run_ending(self.finish())
+        self.conn.socket.run_ending(self.finish())
 
 
 async def serve(
@@ -77,7 +76,8 @@ async def serve(
     (the session then ends in a task the server owns), else loops on ``receive`` and ends
     the session.
     """
-    conn, socket = session.conn, session._socket
+    conn = session.conn
+    socket = conn.socket
     # Callbacks only on the direct path: its outboxes write themselves out (YIELD_EVERY).
     direct = conn.path == "direct"
     unyielded = 0
@@ -113,7 +113,7 @@ async def serve(
 
 def _hand_off(session: EventSession) -> bool:
     """Have the server call ``session`` with each event, where it can; True if it does."""
-    send = session._socket.take_events(session.on_event)
+    send = session.conn.socket.take_events(session.on_event)
     if send is None:
         return False
     # The server's send, not Starlette's wrapper: the WebSocket and its scope are then

@@ -10,7 +10,7 @@ from starlette.websockets import WebSocket
 from app.routes.context import node_of, settings_of
 from app.routes.events import EventSession, serve
 from app.routes.session import V1_ENDPOINT, admit, deny
-from app.server.socket import ServerSocket
+from app.services.broadcast import BroadcastService
 from app.services.connection import Connection
 from app.services.protocol.session import ProtocolSession
 
@@ -58,7 +58,7 @@ async def fanout_v1(websocket: WebSocket) -> None:
     # A client that asked in the query string did not offer the subprotocol: naming it
     # in the answer would fail its handshake.
     chosen = SUBPROTOCOL if asked == "header" else None
-    await serve(V1Session(websocket, conn, session, settings.max_message_bytes), websocket, chosen)
+    await serve(V1Session(conn, session, service, settings.max_message_bytes), websocket, chosen)
 
 
 class V1Session(EventSession):
@@ -67,12 +67,16 @@ class V1Session(EventSession):
     __slots__ = ("_max_bytes", "_protocol", "_service")
 
     def __init__(
-        self, websocket: WebSocket, conn: Connection, protocol: ProtocolSession, max_bytes: int
+        self,
+        conn: Connection,
+        protocol: ProtocolSession,
+        service: BroadcastService,
+        max_bytes: int,
     ) -> None:
-        super().__init__(conn, ServerSocket(websocket.scope))
+        super().__init__(conn)
         self._protocol = protocol
+        self._service = service
         self._max_bytes = max_bytes
-        self._service = node_of(websocket).broadcast
 
     def handle(self, event: Any) -> bool:
         """One frame of commands; False (and :attr:`code`) when the session closes."""

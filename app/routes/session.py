@@ -173,7 +173,7 @@ class RawSession(EventSession):
         channel: str | None,
         on_message: OnMessage,
     ) -> None:
-        super().__init__(conn, ServerSocket(websocket.scope))
+        super().__init__(conn)
         node = node_of(websocket)
         self._service = node.broadcast
         self._on_message = on_message

@@ -124,6 +124,11 @@ class Connection:
         """The code this side closed with, once it has decided to close."""
 
     @property
+    def socket(self) -> ServerSocket:
+        """The server's side of this connection (:class:`~app.server.socket.ServerSocket`)."""
+        return self._socket
+
+    @property
     def closing(self) -> bool:
         """True once the connection has started to close; offers are then ignored."""
         return self.state >= CLOSING
