@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from websockets.protocol import State
 from app.services.cluster import ClusterView
 from app.services.figures import ConnectionFigures, WorkerFigures, WorkerInfo
 from app.services.message import Message
+from tests.support.leftovers import dead_pid, leave_socket_file
 from tests.support.servers import ServerProcess, StartServer
 from tests.support.stats import fetch_stats
 from tests.support.waiting import eventually
@@ -233,13 +233,13 @@ async def test_single_servers_never_join_each_other(
 async def test_stale_sockets_of_a_crashed_run_are_removed(
     start_server: StartServer, local_dir: Path
 ) -> None:
-    dead = _dead_pid()
+    dead = dead_pid()
     crashed = local_dir / f"sup-{dead}"  # a supervisor that died with its workers
     crashed.mkdir()
-    _leave_socket_file(crashed / f"{dead}.sock")
+    leave_socket_file(crashed / f"{dead}.sock")
     group = local_dir / "tests"  # an explicit group, with a dead member's socket in it
     group.mkdir()
-    _leave_socket_file(group / f"{dead}.sock")
+    leave_socket_file(group / f"{dead}.sock")
 
     env = {"FANOUT_LOCAL_DIR": str(local_dir), "FANOUT_LOCAL_GROUP": "tests"}
     server = start_server(env=env, args=["--workers", "2"])
@@ -312,18 +312,6 @@ def test_unknown_backend_is_refused_at_start() -> None:
     assert result.returncode != 0
     assert b"FANOUT_BACKEND='carrier-pigeon://': unknown scheme 'carrier-pigeon'" in result.stderr
     assert b"Traceback" not in result.stderr
-
-
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
-def _leave_socket_file(path: Path) -> None:
-    """A socket file nobody listens on, as a SIGKILLed worker leaves behind."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.bind(str(path))
 
 
 async def test_sibling_that_falls_behind_is_dropped_and_told_of_the_gap(

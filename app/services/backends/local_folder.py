@@ -133,9 +133,14 @@ class GroupFolder:
                 continue
             if pid_alive(int(name[4:])):
                 continue
+            try:
+                sockets = [n[:-5] for n in os.listdir(entry) if n.endswith(".sock")]
+            except OSError:
+                # Gone already: the workers of one run start together and clean up the same
+                # leftovers (Path.glob would raise here, between its is_dir and its scandir).
+                continue
             # A folder whose sockets all belong to dead processes is a crashed run's leftover.
-            sockets = [p for p in entry.glob("*.sock")]
-            if any(p.stem.isdigit() and pid_alive(int(p.stem)) for p in sockets):
+            if any(stem.isdigit() and pid_alive(int(stem)) for stem in sockets):
                 continue
             shutil.rmtree(entry, ignore_errors=True)
             self.stale_removed += len(sockets)
