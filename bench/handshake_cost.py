@@ -39,12 +39,18 @@ send, an Origin and a User-Agent (``--browser``)."""
 
 
 async def _round(
-    server: Any, n: int, path: str, profile: cProfile.Profile | None, browser: bool = False
+    server: Any,
+    n: int,
+    path: str,
+    profile: cProfile.Profile | None,
+    browser: bool = False,
+    keep: list[socket.socket] | None = None,
 ) -> float:
     """Handshakes on ``n`` fresh sockets; returns server CPU microseconds per handshake.
 
     The clients connect (the kernel completes TCP's handshake into the listen backlog) and
     write their requests before the clock starts; the server then accepts and answers them.
+    They are closed afterwards, or left open in ``keep``.
     """
     port = server.servers[0].sockets[0].getsockname()[1]
     clients = []
@@ -71,9 +77,13 @@ async def _round(
         client.settimeout(5)
         if client.recv(4096).startswith(b"HTTP/1.1 101 "):
             answered += 1
-        client.close()
+        if keep is None:
+            client.close()
     if answered != n:
         raise RuntimeError(f"{n - answered} of {n} handshakes were not answered with 101")
+    if keep is not None:
+        keep.extend(clients)
+        return cpu / n * 1e6
     while broadcast.connection_count > base:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
     return cpu / n * 1e6
@@ -87,7 +97,12 @@ def _app_state(app: Any) -> Any:
 
 
 async def measure(
-    connections: int, rounds: int, path: str, profile: bool, browser: bool = False
+    connections: int,
+    rounds: int,
+    path: str,
+    profile: bool,
+    browser: bool = False,
+    hold: int = 0,
 ) -> None:
     """Start the server in this process and print the CPU per handshake of each round."""
     import uvicorn
@@ -100,6 +115,9 @@ async def measure(
     while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag, not an event)
         await asyncio.sleep(0.05)
     await _round(server, min(500, connections), path, None, browser)  # warm-up
+    held: list[socket.socket] = []
+    while len(held) < hold:  # a warm server: sockets that stay open through the rounds
+        await _round(server, min(2000, hold - len(held)), path, None, browser, keep=held)
     figures = []
     profiler = cProfile.Profile() if profile else None
     for _ in range(rounds):
@@ -112,6 +130,8 @@ async def measure(
     )
     if profiler is not None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+    for client in held:
+        client.close()
     server.should_exit = True
     await serving
 
@@ -126,6 +146,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--browser", action="store_true", help="handshakes as a browser sends them (deflate offer)"
     )
+    p.add_argument(
+        "--hold",
+        type=int,
+        default=0,
+        help="sockets opened first and kept open through the rounds (a warm server)",
+    )
     args = p.parse_args(argv)
     os.environ.setdefault("FANOUT_STATS_LOG_INTERVAL", "0")
     os.environ.setdefault("FANOUT_LOG_LEVEL", "warning")
@@ -133,7 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     raise_fd_limit()
     import uvloop
 
-    uvloop.run(measure(args.connections, args.rounds, args.path, args.profile, args.browser))
+    uvloop.run(
+        measure(args.connections, args.rounds, args.path, args.profile, args.browser, args.hold)
+    )
     sys.stdout.flush()
 
 
