@@ -21,6 +21,7 @@ from uvicorn.server import ServerState
 
 from app.server.websocket import (
     FanoutWebSocketProtocol,
+    _HeaderLines,
     accept_key,
     use_fanout_websocket_protocol,
 )
@@ -270,3 +271,16 @@ def test_only_uvicorns_default_protocol_is_replaced_and_anew_for_each_start() ->
     other.load()
     assert not use_fanout_websocket_protocol(other)
     assert other.ws_protocol_class is WSProtocol
+
+
+def test_the_101s_default_headers_follow_the_list_uvicorn_replaces() -> None:
+    # uvicorn puts a new list (a new date) on its server state each second; the 101's
+    # lines are made once per list, so they must change with it, not stay with the first.
+    lines = _HeaderLines()
+    first = [(b"date", b"Mon, 07 Dec 2026 23:59:59 GMT"), (b"Server", b"uvicorn")]
+    expected = b"date: Mon, 07 Dec 2026 23:59:59 GMT\r\nserver: uvicorn\r\n"
+    assert lines.of(first) == expected
+    assert lines.of(first) == expected
+    second = [(b"date", b"Tue, 08 Dec 2026 00:00:00 GMT")]
+    assert lines.of(second) == b"date: Tue, 08 Dec 2026 00:00:00 GMT\r\n"
+    assert lines.of([]) == b""

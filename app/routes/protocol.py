@@ -7,7 +7,7 @@ from typing import Any
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
-from app.routes.context import node_of, settings_of
+from app.routes.context import node_of
 from app.routes.events import EventSession, serve
 from app.routes.session import V1_ENDPOINT, admit, deny
 from app.services.broadcast import BroadcastService
@@ -36,13 +36,13 @@ async def fanout_v1(websocket: WebSocket) -> None:
         body = {"error": {"code": 400, "message": _REQUIRED_MESSAGE}}
         await deny(websocket, 400, "subprotocol", _REQUIRED_MESSAGE, body)
         return
-    admitted = await admit(websocket, endpoint=V1_ENDPOINT, channel=None)
+    node = node_of(websocket)
+    admitted = await admit(websocket, endpoint=V1_ENDPOINT, channel=None, node=node)
     if admitted is None:
         return
     conn, identity = admitted
-    settings = settings_of(websocket)
-    node = node_of(websocket)
     service = node.broadcast
+    settings = service.settings
     session = ProtocolSession(
         service,
         conn,
@@ -53,7 +53,7 @@ async def fanout_v1(websocket: WebSocket) -> None:
         require_auth=settings.require_auth,
         max_subscriptions=settings.max_subscriptions,
         max_message_bytes=settings.max_message_bytes,
-        publish_limit=node_of(websocket).publish_limit,
+        publish_limit=node.publish_limit,
     )
     # A client that asked in the query string did not offer the subprotocol: naming it
     # in the answer would fail its handshake.

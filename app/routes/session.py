@@ -10,7 +10,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
-from app.routes.context import node_of, settings_of, stats_service
+from app.routes.context import node_of, stats_service
 from app.routes.events import EventSession, serve
 from app.server.socket import ServerSocket
 from app.services.broadcast import BroadcastService, peer_of
@@ -20,6 +20,7 @@ from app.services.drain import close_reason
 from app.services.history.publisher import OrderedPublisher
 from app.services.limits import RATE_LIMITED_REASON, address_of
 from app.services.message import Message
+from app.services.node import Node
 from app.services.tokens import LEEWAY, Identity, TokenError
 
 OnMessage = Callable[[BroadcastService, Connection, Message], None]
@@ -70,7 +71,7 @@ _DENIAL_CLOSE_CODES = {
 
 
 async def admit(
-    websocket: WebSocket, *, endpoint: str, channel: str | None
+    websocket: WebSocket, *, endpoint: str, channel: str | None, node: Node | None = None
 ) -> tuple[Connection, Identity | None] | None:
     """Register a client (its handshake not yet accepted) and say who it is, or refuse it
     with an HTTP status and return None.
@@ -79,8 +80,10 @@ async def admit(
     connection limit; 401 for an invalid ``?token=`` (or none, on a raw socket where
     FANOUT_REQUIRE_AUTH is on: ``/ws`` may still ``connect``); 401/403 where the channel's
     rules do not let this client subscribe; 429 for an address over its quota.
+    ``node`` is the worker's (looked up when not given).
     """
-    node = node_of(websocket)
+    if node is None:
+        node = node_of(websocket)
     v1 = endpoint == V1_ENDPOINT
     origins = node.origins
     if origins.restricts and not origins.allows(origin := websocket.headers.get("origin")):
@@ -105,7 +108,7 @@ async def admit(
         except TokenError as exc:
             await refuse(websocket, 401, "token", exc.reason, v1)
             return None
-    elif not v1 and settings_of(websocket).require_auth:
+    elif not v1 and node.broadcast.settings.require_auth:
         await refuse(websocket, 401, "auth_required", "a token is required: ?token=", v1)
         return None
     if channel is not None:
@@ -116,12 +119,14 @@ async def admit(
             return None
     # Last, with nothing awaited before connect() counts the address in.
     addresses = node.broadcast.addresses
-    if not addresses.allows(address := address_of(peer_of(websocket))):
+    peer = peer_of(websocket)
+    if not addresses.allows(address := address_of(peer)):
         note = f"{address} already holds {addresses.limit}"
         detail = f"at most {addresses.limit} connections per address"
         await refuse(websocket, 429, "per_ip", detail, v1, note=note)
         return None
-    return node.broadcast.connect(websocket, endpoint=endpoint, channel=channel), identity
+    conn = node.broadcast.connect(websocket, endpoint=endpoint, channel=channel, peer=peer)
+    return conn, identity
 
 
 async def refuse(
@@ -167,17 +172,16 @@ class RawSession(EventSession):
 
     def __init__(
         self,
-        websocket: WebSocket,
+        node: Node,
         conn: Connection,
         identity: Identity | None,
         channel: str | None,
         on_message: OnMessage,
     ) -> None:
         super().__init__(conn)
-        node = node_of(websocket)
         self._service = node.broadcast
         self._on_message = on_message
-        self._limit = settings_of(websocket).max_message_bytes
+        self._limit = self._service.settings.max_message_bytes
         self._publish_limit = node.publish_limit
         self._bucket = self._publish_limit.bucket()  # None when there is no limit
         self.channel = channel
@@ -241,8 +245,9 @@ async def run_session(
     websocket: WebSocket, *, endpoint: str, channel: str | None, on_message: OnMessage
 ) -> None:
     """Serve one client until it leaves: every message it sends goes to ``on_message``."""
-    admitted = await admit(websocket, endpoint=endpoint, channel=channel)
+    node = node_of(websocket)
+    admitted = await admit(websocket, endpoint=endpoint, channel=channel, node=node)
     if admitted is None:
         return
     conn, identity = admitted
-    await serve(RawSession(websocket, conn, identity, channel, on_message), websocket)
+    await serve(RawSession(node, conn, identity, channel, on_message), websocket)

@@ -31,7 +31,6 @@ protocols of :mod:`app.server.http`.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import hashlib
 import logging
@@ -101,12 +100,13 @@ def accept_key(headers: Headers) -> bytes | None:
     if key is None:
         return None
     try:
-        raw = base64.b64decode(key, validate=True)
+        # base64.b64decode(validate=True)'s check, without its regex and type dispatch.
+        raw = binascii.a2b_base64(key, strict_mode=True)
     except binascii.Error:
         return None
     if len(raw) != 16:
         return None
-    return base64.b64encode(hashlib.sha1(key + _GUID).digest())
+    return binascii.b2a_base64(hashlib.sha1(key + _GUID).digest(), newline=False)
 
 
 class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -139,6 +139,8 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
     """What every plain handshake's websockets protocol holds alike (conformance.py)."""
     _negotiator: ServerProtocol
     """Negotiates extension offers as uvicorn's protocol would (``process_extensions``)."""
+    _default_lines: _HeaderLines
+    """The server's default headers as the 101's lines, per server."""
     _sessions: Callable[[Any, Any, Any], Awaitable[None] | None] | None = None
     """``FanoutApp.socket_session`` when the app under that middleware is Fanout's."""
 
@@ -163,6 +165,7 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
             "_conn_template": CloseMidMessageProtocol.template(
                 max_size=config.ws_max_size, logger=cls.logger
             ),
+            "_default_lines": _HeaderLines(),
             "_sessions": sessions if callable(sessions) else None,
             "_negotiator": ServerProtocol(
                 extensions=_offered_extensions(config), logger=logging.getLogger("uvicorn.error")
@@ -560,8 +563,8 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
                 get_path_with_query_string(self.scope),
             )
         assert accept is not None  # send() checked it
-        parts = [_ACCEPTED_HEAD, accept]
-        for name, value in (*self.default_headers, *message.get("headers", ())):
+        parts = [_ACCEPTED_HEAD, accept, self._default_lines.of(self.default_headers)]
+        for name, value in message.get("headers", ()):
             parts += [name.lower(), b": ", value, b"\r\n"]
         subprotocol = message.get("subprotocol")
         if subprotocol:
@@ -596,6 +599,27 @@ def _offered_extensions(config: Config) -> list[ServerExtensionFactory]:
             compress_settings={"memLevel": 5},
         )
     ]
+
+
+class _HeaderLines:
+    """A server's default headers (``date``, ``server``) as header lines, made again only
+    when uvicorn replaces the list (each second, for the date), not for every 101."""
+
+    __slots__ = ("_lines", "_source")
+
+    def __init__(self) -> None:
+        self._source: list[tuple[bytes, bytes]] | None = None
+        self._lines = b""
+
+    def of(self, headers: list[tuple[bytes, bytes]]) -> bytes:
+        """``headers`` as ``name: value`` lines, names lower case as uvicorn writes them."""
+        if headers is not self._source:
+            # Held, so its id cannot be reused by a later list while it is compared.
+            self._lines = b"".join(
+                name.lower() + b": " + value + b"\r\n" for name, value in headers
+            )
+            self._source = headers
+        return self._lines
 
 
 class _Returned:

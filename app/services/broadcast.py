@@ -84,8 +84,11 @@ class BroadcastService:
         limit = self.settings.max_connections
         return limit == 0 or len(self._connections) < limit
 
-    def connect(self, websocket: WebSocket, *, endpoint: str, channel: str | None) -> Connection:
-        """Register a client (before its handshake completes) and return its Connection.
+    def connect(
+        self, websocket: WebSocket, *, endpoint: str, channel: str | None, peer: str | None = None
+    ) -> Connection:
+        """Register a client (before its handshake completes) and return its Connection;
+        ``peer`` is its address as :func:`peer_of` gives it, when the caller has it already.
 
         The connection writes straight to the transport where the server allows it and
         FANOUT_DIRECT_WRITES is on, through ASGI otherwise.
@@ -97,7 +100,7 @@ class BroadcastService:
             "conn_id": next(self._ids),
             "endpoint": endpoint,
             "channel": channel,
-            "peer": peer_of(websocket),
+            "peer": peer if peer is not None else peer_of(websocket),
             "send": websocket.send,
             "socket": server_socket,
             "limits": self._limits,
