@@ -21,9 +21,10 @@ import re
 from typing import Any, cast
 
 from uvicorn.config import Config
-from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
+from uvicorn.protocols.utils import is_ssl
 from uvicorn.server import ServerState
 
+from app.server.addresses import local_address, peer_address
 from app.server.http import FanoutHttpToolsProtocol, _HeadTimer
 
 MAX_HEAD = 16_384
@@ -97,7 +98,7 @@ class FrontProtocol(_HeadTimer):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
-        self.client = get_remote_addr(transport)
+        self.client = peer_address(transport)
         # In uvicorn's set of connections (typed for its own protocols), so that a server
         # shutdown closes a connection still sending its head.
         cast(Any, self.server_state.connections).add(self)
@@ -138,7 +139,7 @@ class FrontProtocol(_HeadTimer):
             _loop=self.loop,
         )
         scheme = "https" if is_ssl(transport) else "http"
-        server = get_local_addr(transport)
+        server = local_address(transport)
         protocol.upgrade_head(  # type: ignore[union-attr]
             transport, server, self.client, scheme, "GET", "1.1", target, headers
         )
