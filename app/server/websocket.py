@@ -64,7 +64,6 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _ACCEPTED_HEAD = (
     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
 )
-_REQUIRED = frozenset({b"upgrade", b"connection", b"sec-websocket-key", b"sec-websocket-version"})
 _EXTENSIONS = b"sec-websocket-extensions"
 
 Headers = list[tuple[bytes, bytes]]
@@ -79,23 +78,29 @@ def accept_key(headers: Headers) -> bytes | None:
     (:meth:`FanoutWebSocketProtocol._negotiate`).
     """
     upgrade = connection = key = version = None
-    seen: set[bytes] = set()
     for name, value in headers:
-        if name in _REQUIRED:
-            if name in seen and name != b"connection":
-                return None  # a second Upgrade, key or version: the library decides
-            seen.add(name)
-            if name == b"upgrade":
-                upgrade = value
-            elif name == b"connection":
-                connection = value if connection is None else connection + b"," + value
-            elif name == b"sec-websocket-key":
-                key = value
-            else:
-                version = value
+        # A second Upgrade, key or version: the library decides (returns None).
+        if name == b"sec-websocket-key":
+            if key is not None:
+                return None
+            key = value
+        elif name == b"sec-websocket-version":
+            if version is not None:
+                return None
+            version = value
+        elif name == b"upgrade":
+            if upgrade is not None:
+                return None
+            upgrade = value
+        elif name == b"connection":
+            connection = value if connection is None else connection + b"," + value
     if upgrade is None or upgrade.strip().lower() != b"websocket" or version != b"13":
         return None
-    if connection is None or b"upgrade" not in (t.strip().lower() for t in connection.split(b",")):
+    if connection is None:
+        return None
+    if connection.lower() != b"upgrade" and b"upgrade" not in [
+        token.strip().lower() for token in connection.split(b",")
+    ]:
         return None
     if key is None:
         return None
@@ -355,7 +360,7 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
         session = None
         if sessions is not None:
             proxy = self._proxy
-            if proxy is not None:
+            if proxy is not None and _forwarded(scope["headers"]):
                 _run_to_completion(proxy(scope, self.receive, self.send))
             session = sessions(scope, self.receive, self.send)
             if session is None:  # not a socket path: the app, minus the middleware done
@@ -685,6 +690,19 @@ def _run_to_completion(coroutine: Coroutine[Any, Any, None]) -> None:
         return
     coroutine.close()
     raise RuntimeError("the proxy-headers middleware suspended")
+
+
+_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto"})
+"""The only headers uvicorn 0.54's proxy-headers middleware reads: without them it leaves
+the scope as it is, so the handshake need not go through it."""
+
+
+def _forwarded(headers: Headers) -> bool:
+    """Whether ``headers`` hold a header the proxy-headers middleware acts on."""
+    for name, _value in headers:  # noqa: SIM110 (a loop: no generator per handshake)
+        if name in _FORWARDED:
+            return True
+    return False
 
 
 def _unquote(raw_path: bytes) -> str:

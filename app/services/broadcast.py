@@ -259,5 +259,6 @@ class BroadcastService:
 
 def peer_of(websocket: WebSocket) -> str:
     """The client's address as log lines show it."""
-    client = websocket.client
-    return f"{client.host}:{client.port}" if client else "unknown"
+    # The scope's tuple, not Starlette's ``client``, which builds an Address for each read.
+    client = websocket.scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "unknown"
