@@ -14,7 +14,7 @@ from app.config import Settings, load_channel_rules
 from app.logging_setup import configure_logging
 from app.routes import api, broadcast, drain, echo, errors, metrics, pages, protocol, stats
 from app.server.application import FanoutApp
-from app.server.http import DEADLINE_KEY, HandshakeDeadline
+from app.server.http import DEADLINE_KEY, HandshakeDeadline, handshake_deadline
 from app.server.signals import drain_on_sigterm
 from app.server.socket import ProbeMiddleware
 from app.services.backends import create_backend
@@ -59,15 +59,13 @@ def create_app(settings: Settings | None = None) -> FanoutApp:
             # Fewer collections for connection churn: each handshake leaves cycles and
             # promotes objects (docs/benchmarks.md, "Issue 14: garbage collector thresholds").
             gc.set_threshold(*thresholds)
+        # The lifespan state reaches uvicorn's protocols (app/server/http.py), which
+        # close a connection whose request head is not in within the timeout.
+        deadline = handshake_deadline(settings.handshake_timeout, node.stats.handshake_timeout)
         try:
-            # The lifespan state reaches uvicorn's protocols (app/server/http.py), which
-            # close a connection whose request head is not in within the timeout.
-            yield {
-                DEADLINE_KEY: HandshakeDeadline(
-                    settings.handshake_timeout, node.stats.handshake_timeout
-                )
-            }
+            yield {DEADLINE_KEY: deadline}
         finally:
+            deadline.pending.close()
             if sigterm is not None:
                 sigterm.remove()
             await node.stop()

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Any
 
 import httpx
 import pytest
 import websockets
 
+from app.server.http import DEADLINE_KEY, _HeadTimer, handshake_deadline
 from tests.support.clients import assert_still_serving
 from tests.support.rawws import handshake_request
 from tests.support.servers import ServerProcess, StartServer
@@ -169,3 +171,56 @@ async def test_hypercorn_closes_an_incomplete_request_after_its_own_keep_alive_t
 
 async def _count_is(server: ServerProcess, expected: int) -> bool:
     return await handshake_timeouts(server) == expected
+
+
+class _Transport:
+    """What the head deadline uses of a transport."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Timed(_HeadTimer):
+    """A protocol with nothing but the head deadline."""
+
+    def __init__(self, app_state: dict[str, Any], port: int) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.app_state = app_state
+        self.client = ("127.0.0.1", port)
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        super().connection_made(transport)
+
+
+async def test_a_handed_over_connection_keeps_the_deadline_it_had() -> None:
+    # The front hands a connection that is not a plain upgrade to uvicorn's protocol: the
+    # deadline goes with it, due when it was, not restarted (a trickled head would get
+    # another full timeout at each hand-over otherwise).
+    expired: list[str] = []
+    deadline = handshake_deadline(0.2, lambda peer, _timeout: expired.append(peer))
+    app_state: dict[str, Any] = {DEADLINE_KEY: deadline}
+    front, http = _Timed(app_state, 1), _Timed(app_state, 2)
+    front_transport, http_transport = _Transport(), _Transport()
+    front.connection_made(front_transport)
+    entry = front._head_timer
+    assert entry is not None
+    await asyncio.sleep(0.1)
+    http.connection_made(http_transport)
+    own = http._head_timer
+    http._take_head_deadline(front)
+    assert http._head_timer is entry and front._head_timer is None
+    assert own is not None and own.owner is None, "the new protocol's own deadline is off"
+    assert await eventually(lambda: http_transport.closed, within=5)
+    assert expired == ["127.0.0.1:2"]
+    assert not front_transport.closed
+    deadline.pending.close()

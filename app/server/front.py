@@ -149,8 +149,6 @@ class FrontProtocol(_HeadTimer):
         """Hand the connection, and ``read``, to uvicorn's HTTP protocol; its head
         deadline keeps the time this connection has left."""
         self._read = b""
-        left = self._head_time_left()
-        self._head_complete()
         self.server_state.connections.discard(self)
         http = FanoutHttpToolsProtocol(
             config=self.config,
@@ -159,9 +157,7 @@ class FrontProtocol(_HeadTimer):
             _loop=self.loop,
         )
         http.connection_made(self.transport)
-        if left is not None:
-            http._head_complete()
-            http._arm_head_deadline(left)
+        http._take_head_deadline(self)
         self.transport.set_protocol(http)
         http.data_received(read)
 

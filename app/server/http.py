@@ -31,6 +31,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.logging_setup import LOGGER_NAME
+from app.server.keepalive import Deadline, DeadlineQueue
 
 DEADLINE_KEY = "fanout.handshake_deadline"
 """Lifespan state key of the :class:`HandshakeDeadline` the protocols read."""
@@ -45,6 +46,19 @@ class HandshakeDeadline(NamedTuple):
     """Seconds from the connection (or the previous response) to the end of the headers."""
     expired: Callable[[str, float], None]
     """Called with the peer (``host:port``) and ``timeout`` after the connection is closed."""
+    pending: DeadlineQueue
+    """Every connection's head deadline, on one timer for the server (every connection
+    waits the same ``timeout``): a timer per connection cost a uvloop handle and its libuv
+    timer, made and cancelled on every connect (1.3-1.7 us against 0.4-0.45 us)."""
+
+
+def handshake_deadline(timeout: float, expired: Callable[[str, float], None]) -> HandshakeDeadline:
+    """A :class:`HandshakeDeadline` with its own queue; ``pending.close()`` it at shutdown."""
+    return HandshakeDeadline(timeout, expired, DeadlineQueue(_head_missed))
+
+
+def _head_missed(protocol: _HeadTimer) -> None:
+    protocol._head_deadline_missed()
 
 
 class _HeadTimer(asyncio.Protocol):
@@ -56,7 +70,7 @@ class _HeadTimer(asyncio.Protocol):
     transport: asyncio.Transport
     app_state: dict[str, Any]
     client: tuple[str, int] | None
-    _head_timer: asyncio.TimerHandle | None = None
+    _head_timer: Deadline | None = None
     _deadline: HandshakeDeadline | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -68,16 +82,19 @@ class _HeadTimer(asyncio.Protocol):
         self._head_complete()
         super().connection_lost(exc)
 
-    def _arm_head_deadline(self, delay: float | None = None) -> None:
+    def _arm_head_deadline(self) -> None:
         deadline = self._deadline
         if deadline is not None and self._head_timer is None:
-            after = deadline.timeout if delay is None else max(0.0, delay)
-            self._head_timer = self.loop.call_later(after, self._head_deadline_missed)
+            self._head_timer = deadline.pending.add(self.loop, deadline.timeout, self)
 
-    def _head_time_left(self) -> float | None:
-        """Seconds left before the head deadline, None if none is armed."""
-        timer = self._head_timer
-        return None if timer is None else timer.when() - self.loop.time()
+    def _take_head_deadline(self, other: _HeadTimer) -> None:
+        """Go on with ``other``'s head deadline, due when it was (a connection handed over
+        from one protocol to another keeps the time it has left), instead of this one's."""
+        self._head_complete()
+        timer, other._head_timer = other._head_timer, None
+        if timer is not None:
+            timer.owner = self
+        self._head_timer = timer
 
     def _head_complete(self) -> None:
         timer = self._head_timer
