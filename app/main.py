@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FanoutApp:
             # collection so full collections, which pause the loop, scan less.
             gc.collect()
             gc.freeze()
+            node.stats.gc_monitor.froze()
         thresholds = settings.gc_thresholds()
         if thresholds is not None:
             # Fewer collections for connection churn: each handshake leaves cycles and

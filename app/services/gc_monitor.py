@@ -21,6 +21,7 @@ class GcMonitor:
         self._longest = [0.0, 0.0, 0.0]
         self._began = 0.0
         self._installed = False
+        self._frozen = 0
 
     def start(self) -> None:
         """Begin timing collections."""
@@ -33,6 +34,15 @@ class GcMonitor:
         if self._installed:
             gc.callbacks.remove(self._on_gc)
             self._installed = False
+
+    def froze(self) -> None:
+        """Note how many objects ``gc.freeze()`` just moved out of every collection.
+
+        Read once here rather than in every :meth:`snapshot` (each worker's heartbeat,
+        every second): ``gc.get_freeze_count()`` walks the whole frozen list, tens of
+        thousands of objects, each time.
+        """
+        self._frozen = gc.get_freeze_count()
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -54,4 +64,4 @@ class GcMonitor:
                 "longest_ms": round(self._longest[g] * 1000, 3),
             }
             for g in range(3)
-        } | {"frozen_objects": gc.get_freeze_count(), "thresholds": list(gc.get_threshold())}
+        } | {"frozen_objects": self._frozen, "thresholds": list(gc.get_threshold())}
