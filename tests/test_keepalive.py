@@ -69,6 +69,25 @@ async def test_deadlines_fire_in_order_and_cancelled_ones_do_not() -> None:
     assert len(queue) == 0
 
 
+async def test_deadlines_cancelled_through_the_queue_leave_it_from_the_back() -> None:
+    # A head deadline is cancelled moments after it was added: its entry, and any cancelled
+    # ones it uncovers, leave the queue then instead of staying for the whole delay.
+    fired: list[str] = []
+    queue = DeadlineQueue(fired.append)
+    loop = asyncio.get_running_loop()
+    _a, b, c = (queue.add(loop, 0.05, owner) for owner in "abc")
+    queue.cancel(b)
+    assert len(queue) == 3, "b is not at the back: it waits for its turn"
+    queue.cancel(c)
+    assert len(queue) == 1, "c goes, and so does b, cancelled behind it"
+    await asyncio.sleep(0.3)
+    assert fired == ["a"]
+    d = queue.add(loop, 10, "d")
+    queue.cancel(d)
+    assert len(queue) == 0
+    queue.close()
+
+
 @pytest.mark.parametrize("delay", [0.0, 0.05])
 async def test_a_deadline_added_while_firing_waits_for_its_own_time(delay: float) -> None:
     loop = asyncio.get_running_loop()

@@ -99,7 +99,11 @@ class _HeadTimer(asyncio.Protocol):
     def _head_complete(self) -> None:
         timer = self._head_timer
         if timer is not None:
-            timer.cancel()
+            deadline = self._deadline
+            if deadline is not None:
+                deadline.pending.cancel(timer)
+            else:
+                timer.cancel()
             self._head_timer = None
 
     def _head_deadline_missed(self) -> None:

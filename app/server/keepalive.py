@@ -59,6 +59,15 @@ class DeadlineQueue:
             self._handle = loop.call_at(deadline.due, self._run)
         return deadline
 
+    def cancel(self, deadline: Deadline) -> None:
+        """Cancel ``deadline`` (added here), and drop the cancelled entries at the back of
+        the queue: one cancelled soon after it was added (a request head read at once) then
+        holds no memory for the rest of its delay."""
+        deadline.owner = None
+        entries = self._entries
+        while entries and entries[-1].owner is None:
+            entries.pop()
+
     def _run(self) -> None:
         loop = self._loop
         assert loop is not None
