@@ -19,6 +19,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 from uvicorn.server import ServerState
 
+from app.server.direct import DIRECT_ATTRIBUTES
 from app.server.websocket import (
     FanoutWebSocketProtocol,
     _HeaderLines,
@@ -257,6 +258,9 @@ async def test_each_protocol_keeps_its_attributes_in_a_small_shared_key_dict() -
     # Past about 30 keys CPython 3.11 gives every instance a 1.4 KB dict of its own.
     assert len(vars(protocols[-1])) <= 28
     assert sys.getsizeof(vars(protocols[-1])) < 600
+    # The direct path trusts the class to set what it uses instead of looking for each.
+    assert protocol_class.has_direct_attributes
+    assert all(hasattr(protocols[0], name) for name in DIRECT_ATTRIBUTES)
 
 
 def test_only_uvicorns_default_protocol_is_replaced_and_anew_for_each_start() -> None:

@@ -54,7 +54,10 @@ def direct_writer_for(protocol: Any) -> DirectWriter | None:
     """A :class:`DirectWriter` for uvicorn's websockets-sansio ``protocol``, else None."""
     if not is_sansio(protocol):
         return None
-    if not all(hasattr(protocol, name) for name in DIRECT_ATTRIBUTES):
+    # Fanout's subclass sets them all in its constructor: no need to look for each.
+    if not getattr(type(protocol), "has_direct_attributes", False) and not all(
+        hasattr(protocol, name) for name in DIRECT_ATTRIBUTES
+    ):
         return None
     if not isinstance(protocol.writable, asyncio.Event):
         return None

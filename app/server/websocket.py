@@ -125,6 +125,10 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
     :func:`use_fanout_websocket_protocol`; the server state is read through properties.
     """
 
+    has_direct_attributes = True
+    """Every attribute :mod:`app.server.direct` uses is set by ``__init__`` (checked by
+    tests/test_lean_handshake.py), so the direct path need not look for each."""
+
     # Per server: set on the subclass for_config() makes.
     config: Config
     app: Any
