@@ -139,6 +139,11 @@ def metric_rows(runs: Runs, servers: list[str]) -> list[tuple[str, dict[str, dic
         "memory",
         lambda r: r.get("connects_per_s"),
     )
+    add(
+        "server CPU µs per connect (5k more on top of 5k open)",
+        "memory",
+        lambda r: r["points"][-1].get("server_us_per_connect"),
+    )
     return rows
 
 

@@ -416,7 +416,11 @@ def memory(
         base = target.rss_kb()
         have = 50
         for n in sorted(steps):
+            cpu0 = target.cpu_seconds() if target.cpu_seconds else None
             conn = fleet.connect_subs(n - have, path=path)
+            # The server's CPU (kernel's share included) for this step's connects alone:
+            # where the clients, not the server, bound connects/s, this still compares.
+            cpu = target.cpu_seconds() - cpu0 if target.cpu_seconds and cpu0 is not None else None
             have += conn["ok"]
             time.sleep(settle)
             rss = target.rss_kb()
@@ -432,6 +436,9 @@ def memory(
                     "connect_errors": conn["errors"],
                     "connects_per_s": round(conn["ok"] / conn["elapsed"], 1)
                     if conn["elapsed"]
+                    else None,
+                    "server_us_per_connect": round(cpu / conn["ok"] * 1e6, 1)
+                    if cpu is not None and conn["ok"]
                     else None,
                 }
             )

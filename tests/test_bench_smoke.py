@@ -111,3 +111,13 @@ def test_api_healthz_baseline_smoke() -> None:
     assert r["params"]["method"] == "GET /healthz"
     assert r["requests"] > 0 and set(r["statuses"]) == {"200"}
     assert r["delivery_ratio"] is None
+
+
+def test_memory_smoke_reports_each_steps_connects_and_server_cpu() -> None:
+    r = run_bench("memory", "--steps", "100", "300", "--settle", "0.2")
+    assert [p["connections"] for p in r["points"]] == [100, 300]
+    for point in r["points"]:
+        assert point["alive"] == point["connections"]
+        assert point["connects_per_s"] > 0
+        # The server's CPU over the step's connects, per connect: some, and not absurd.
+        assert 0 < point["server_us_per_connect"] < 1_000_000
