@@ -113,3 +113,15 @@ def test_an_opened_protocol_is_what_the_library_constructor_builds() -> None:
         assert isinstance(event, Frame) and event.data == b"hello"
         protocol.receive_data(Frame(Opcode.TEXT, b"x" * 1001).serialize(mask=True))
         assert protocol.close_sent is not None and protocol.close_sent.code == 1009
+    # And the end of the stream before any byte (its parser not started yet) alike too.
+    ended = [
+        CloseMidMessageProtocol.opened(template),
+        CloseMidMessageProtocol(state=OPEN, max_size=1000, logger=logger),
+    ]
+    for protocol in ended:
+        protocol.receive_eof()
+    answers = [
+        (p.state, p.data_to_send(), p.close_expected(), p.events_received(), str(p.parser_exc))
+        for p in ended
+    ]
+    assert answers[0] == answers[1]
