@@ -3,11 +3,12 @@
 uvicorn 0.54 arms no timer on a connection until it has answered a request
 (``timeout_keep_alive`` starts after a response, and any byte received cancels it), so a
 client that opens a connection and never finishes its request line and headers, silent
-or trickling one byte at a time, holds the connection forever. The subclasses here arm
-one timer per connection when it is made (and again after each response while the
-connection waits for the next request), cancel it when a request's headers are complete
-(for a WebSocket upgrade that is before the application sees the handshake), and close
-the connection when it fires, reporting it through :class:`HandshakeDeadline`.
+or trickling one byte at a time, holds the connection forever. The subclasses here add a
+deadline for each connection when it is made (and again after each response while the
+connection waits for the next request) to the server's queue of them (one timer for all),
+cancel it when a request's headers are complete (for a WebSocket upgrade that is before
+the application sees the handshake), and close the connection when it is due, reporting
+it through :class:`HandshakeDeadline`.
 
 No command-line flag is needed: :func:`use_deadline_protocols` runs when the application's
 lifespan starts, before uvicorn accepts a connection, and swaps the protocol class on the
