@@ -16,7 +16,7 @@ from tests.support.clients import assert_still_serving
 from tests.support.protocol import V1Client, v1_client
 from tests.support.redis_server import RedisServer
 from tests.support.servers import ServerProcess, StartServer
-from tests.support.stats import fetch_stats
+from tests.support.stats import fetch_stats, workers_linked
 from tests.support.waiting import eventually
 
 
@@ -256,6 +256,9 @@ async def _clients_on_each_worker(
     stack: AsyncExitStack, server: ServerProcess, workers: int
 ) -> dict[str, V1Client]:
     """One fanout.v1 client per worker, told apart by the worker part of their client ids."""
+    # /healthz answers as soon as one worker is up: until the others listen too, every
+    # connection goes to that one (CI failed once with all 100 on one worker).
+    assert await eventually(lambda: workers_linked(server, workers), within=20)
     found: dict[str, V1Client] = {}
     for _ in range(100):
         client = await stack.enter_async_context(v1_client(server))
