@@ -71,7 +71,7 @@ _DENIAL_CLOSE_CODES = {
 
 
 async def admit(
-    websocket: WebSocket, *, endpoint: str, channel: str | None, node: Node | None = None
+    websocket: WebSocket, *, endpoint: str, channel: str | None, node: Node
 ) -> tuple[Connection, Identity | None] | None:
     """Register a client (its handshake not yet accepted) and say who it is, or refuse it
     with an HTTP status and return None.
@@ -80,10 +80,8 @@ async def admit(
     connection limit; 401 for an invalid ``?token=`` (or none, on a raw socket where
     FANOUT_REQUIRE_AUTH is on: ``/ws`` may still ``connect``); 401/403 where the channel's
     rules do not let this client subscribe; 429 for an address over its quota.
-    ``node`` is the worker's (looked up when not given).
+    ``node`` is the worker's, which the caller has already.
     """
-    if node is None:
-        node = node_of(websocket)
     v1 = endpoint == V1_ENDPOINT
     origins = node.origins
     if origins.restricts and not origins.allows(origin := websocket.headers.get("origin")):
