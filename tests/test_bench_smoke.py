@@ -119,5 +119,7 @@ def test_memory_smoke_reports_each_steps_connects_and_server_cpu() -> None:
     for point in r["points"]:
         assert point["alive"] == point["connections"]
         assert point["connects_per_s"] > 0
-        # The server's CPU over the step's connects, per connect: some, and not absurd.
-        assert 0 < point["server_us_per_connect"] < 1_000_000
+        # The server's CPU over the step's connects, per connect, read from /proc: in clock
+        # ticks (10 ms), so a step this small may read 0; present and not negative.
+        assert isinstance(point["server_us_per_connect"], float)
+        assert point["server_us_per_connect"] >= 0
