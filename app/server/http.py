@@ -101,10 +101,8 @@ class _HeadTimer(asyncio.Protocol):
         timer = self._head_timer
         if timer is not None:
             deadline = self._deadline
-            if deadline is not None:
-                deadline.pending.cancel(timer)
-            else:
-                timer.cancel()
+            assert deadline is not None  # a timer is only ever taken from its queue
+            deadline.pending.cancel(timer)
             self._head_timer = None
 
     def _head_deadline_missed(self) -> None:
